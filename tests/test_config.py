@@ -1,0 +1,58 @@
+import pytest
+
+from pcdet.config import ConfigError, cfg_from_list, cfg_from_yaml_file
+from pcdet.registry import Registry
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_config_relative_to_including_file_and_override(tmp_path):
+    _write(tmp_path / "cfgs" / "dataset_configs" / "d.yaml", "A: 1\nB: {C: 2, D: [1, 2]}\n")
+    child = _write(tmp_path / "cfgs" / "models" / "m.yaml",
+                   "DATA_CONFIG:\n  _BASE_CONFIG_: ../dataset_configs/d.yaml\n  B: {C: 5}\nX: 0.5\n")
+    cfg = cfg_from_yaml_file(child)
+    assert cfg.DATA_CONFIG.A == 1
+    assert cfg.DATA_CONFIG.B.C == 5
+    assert cfg.DATA_CONFIG.B.D == [1, 2]
+
+
+def test_openpcdet_style_base_path_found_in_ancestor(tmp_path):
+    _write(tmp_path / "tools" / "cfgs" / "dataset_configs" / "d.yaml", "A: 3\n")
+    child = _write(tmp_path / "tools" / "cfgs" / "kitti_models" / "m.yaml",
+                   "DATA_CONFIG:\n  _BASE_CONFIG_: cfgs/dataset_configs/d.yaml\n")
+    assert cfg_from_yaml_file(child).DATA_CONFIG.A == 3
+
+
+def test_missing_base_names_the_including_file(tmp_path):
+    child = _write(tmp_path / "m.yaml", "_BASE_CONFIG_: nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"m\.yaml.*nope\.yaml"):
+        cfg_from_yaml_file(child)
+    with pytest.raises(ConfigError, match="not found"):
+        cfg_from_yaml_file(tmp_path / "absent.yaml")
+
+
+def test_set_overrides_with_type_checking(tmp_path):
+    cfg = cfg_from_yaml_file(_write(tmp_path / "m.yaml", "OPT: {LR: 0.01, EPOCHS: 3, NAME: adam, FLAG: true}\n"))
+    cfg_from_list(["OPT.LR", "1", "OPT.EPOCHS", "7", "OPT.NAME", "sgd", "OPT.FLAG", "false"], cfg)
+    assert cfg.OPT.LR == 1.0 and isinstance(cfg.OPT.LR, float)
+    assert cfg.OPT.EPOCHS == 7 and cfg.OPT.NAME == "sgd" and cfg.OPT.FLAG is False
+    with pytest.raises(ConfigError, match="OPT.EPOCH"):
+        cfg_from_list(["OPT.EPOCH", "2"], cfg)
+    with pytest.raises(ConfigError, match="OPT.EPOCHS.*expected int"):
+        cfg_from_list(["OPT.EPOCHS", "abc"], cfg)
+
+
+def test_registry_did_you_mean():
+    reg = Registry("demo")
+
+    @reg.register
+    class PillarVFE:  # noqa: D401
+        pass
+
+    assert reg.get("PillarVFE") is PillarVFE
+    with pytest.raises(KeyError, match="did you mean.*PillarVFE"):
+        reg.get("PilarVFE")
