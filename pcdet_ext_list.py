@@ -1,5 +1,30 @@
-"""The compiled extensions of pcdet: (module name, C++ sources, CUDA sources). Read by setup.py."""
+"""The compiled extensions of pcdet: (module name, C++ sources, CUDA sources). Read by setup.py.
+
+Paths are relative to the repository root. The CUDA sources are compiled only when torch has CUDA; the C++ file
+of each op then sees ``WITH_CUDA`` defined and dispatches CUDA tensors to them.
+"""
+import os
+
+_OPS = (
+    ("pcdet.ops.voxel_count.voxel_count_ext", "pcdet/ops/voxel_count/src"),
+    ("pcdet.ops.knn.knn_ext", "pcdet/ops/knn/src"),
+    ("pcdet.ops.iou3d_nms.iou3d_nms_ext", "pcdet/ops/iou3d_nms/src"),
+)
+
+
+def _sources(folder, suffix):
+    root = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(root, folder)
+    if not os.path.isdir(path):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(path) if f.endswith(suffix))
 
 
 def extension_specs():
-    return []
+    """[(module name, [cpp sources], [cuda sources])] for every op with at least one C++ source."""
+    specs = []
+    for name, folder in _OPS:
+        cpp, cuda = _sources(folder, ".cpp"), _sources(folder, ".cu")
+        if cpp:
+            specs.append((name, cpp, cuda))
+    return specs

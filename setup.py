@@ -4,6 +4,7 @@ C++ CPU kernels always build (g++ only); CUDA kernels are added when torch has C
 requires a build: each op falls back to its PyTorch reference path with a one-line notice.
 """
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -20,14 +21,17 @@ def get_extensions():
     from pcdet_ext_list import extension_specs  # noqa: E402  (local helper module next to setup.py)
 
     with_cuda = torch.cuda.is_available() or os.environ.get("FORCE_CUDA") == "1"
+    # at::parallel_for only runs threads in code compiled with OpenMP when torch itself uses OpenMP.
+    omp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform.startswith("linux") else []
     exts = []
     for name, cpu_sources, cuda_sources in extension_specs():
         if with_cuda and cuda_sources:
             exts.append(CUDAExtension(name, cpu_sources + cuda_sources,
                                       define_macros=[("WITH_CUDA", None)],
-                                      extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]}))
+                                      extra_compile_args={"cxx": ["-O3"] + omp, "nvcc": ["-O3"]},
+                                      extra_link_args=omp))
         else:
-            exts.append(CppExtension(name, cpu_sources, extra_compile_args=["-O3"]))
+            exts.append(CppExtension(name, cpu_sources, extra_compile_args=["-O3"] + omp, extra_link_args=omp))
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=False)}
 
 

@@ -1,0 +1,40 @@
+"""``build_distiller``: teacher config -> dataset side processor -> frozen teacher -> dry run -> Distiller."""
+import torch
+
+from .distiller import Distiller, grid_info
+from .kd_dataset import prepare_kd_dataset
+from .teacher import build_teacher, load_teacher_cfg
+
+
+def _model_device(model):
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, example_batch=None, cfg_file=None):
+    """Wrap ``student`` for distillation according to ``cfg.KD``.
+
+    Args:
+        cfg: the full KD config (student MODEL, CLASS_NAMES, DATA_CONFIG and the KD block).
+        student: the student detector, already built on ``dataset``.
+        dataset: the training DatasetTemplate; a teacher side processor is registered on it when the grids differ.
+        teacher_ckpt: overrides KD.TEACHER.CKPT.
+        example_batch: a collated batch for the dry forward; default ``collate_batch([dataset[0]])``.
+        cfg_file: path of the KD config (to resolve KD.TEACHER.CFG_FILE); default cfg.CFG_FILE if set.
+    Returns:
+        Distiller on the student's device.
+    """
+    if "KD" not in cfg:
+        raise KeyError("build_distiller: the config has no KD block")
+    teacher_cfg, teacher_cfg_path = load_teacher_cfg(cfg, cfg_file)
+    teacher_view = prepare_kd_dataset(teacher_cfg, dataset, logger)
+    ckpt = teacher_ckpt or cfg.KD.TEACHER.get("CKPT")
+    teacher = build_teacher(teacher_cfg, teacher_cfg_path, ckpt, teacher_view, logger)
+    device = _model_device(student)
+    teacher.to(device)
+    if example_batch is None:
+        from ..models import load_data_to_device
+        example_batch = load_data_to_device(dataset.collate_batch([dataset[0]]), device)
+    return Distiller(student, teacher, cfg.KD, grid_info(teacher.model, teacher_cfg.MODEL, teacher_cfg.CLASS_NAMES),
+                     grid_info(student, cfg.MODEL, cfg.CLASS_NAMES), example_batch, logger)

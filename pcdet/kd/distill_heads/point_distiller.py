@@ -1,0 +1,145 @@
+"""PointDistiller (Zhang et al., CVPR 2023): reweighted local distillation over kNN graphs in teacher space."""
+import torch
+
+from ..adapters import GraphLayer, resample_to
+from ..losses import pointdistiller_loss, scan_softmax_weights
+from ..losses.feature import zero_like_graph
+from .base import KD_HEADS, KDHead, channels_of
+
+IMPORTANCE_MODES = ("auto", "points", "teacher_max")
+
+
+def _knn_ops():
+    from ...ops import knn  # imported lazily: the op package loads its compiled kernel on first use
+    return knn.knn_in_scans, knn.edge_features
+
+
+def rows_of(value, who):
+    """A tapped value as rows: (M, C) features, (M,) batch index or None, and the sparse indices if any.
+
+    (V, C) tensors -> rows as they are (batch index from voxel_coords); (B, C, H, W) -> B*H*W rows (scan-major);
+    spconv SparseConvTensor -> its active voxels.
+    """
+    if hasattr(value, "features") and hasattr(value, "indices"):
+        return value.features, value.indices[:, 0].long(), value.indices
+    if torch.is_tensor(value) and value.dim() == 4:
+        b, c, h, w = value.shape
+        rows = value.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        batch_idx = torch.arange(b, device=value.device).repeat_interleave(h * w)
+        return rows, batch_idx, None
+    if torch.is_tensor(value) and value.dim() == 2:
+        return value, None, None
+    raise ValueError(f"{who}: expected (V, C) rows, (B, C, H, W) map or a sparse tensor, got "
+                     f"{type(value).__name__} {getattr(value, 'shape', '')}")
+
+
+def top_rows_per_scan(scores, batch_idx, num_keep):
+    """Global indices (Q,) of the top ``num_keep`` rows by ``scores`` (M,) within each scan, scan-major."""
+    keep = []
+    for b in torch.unique(batch_idx):
+        rows = torch.nonzero(batch_idx == b, as_tuple=True)[0]
+        n = min(int(num_keep), rows.numel())
+        keep.append(rows[torch.topk(scores[rows].float(), n, sorted=True).indices])
+    return torch.cat(keep) if keep else batch_idx.new_zeros((0,))
+
+
+@KD_HEADS.register(name="PointDistiller")
+class PointDistillerHead(KDHead):
+    """Config: TEACHER_TAP / STUDENT_TAP; NUM_KEEP (N per scan), K, TAU, LOSS_WEIGHT (lambda), GRAPH_CHANNELS (C'),
+    EDGE_MODE ('concat' = [F(j); F(i)] or 'diff' = [F(j) - F(i); F(i)]), IMPORTANCE ('auto': raw point counts per
+    voxel for (V, C) rows, teacher channel max otherwise; 'points'; 'teacher_max'). Term: kd_pointdistiller.
+    """
+
+    @staticmethod
+    def tap_requests(cfg):
+        return {"feature": (KDHead.require(cfg, "TEACHER_TAP", "PointDistiller"),
+                            KDHead.require(cfg, "STUDENT_TAP", "PointDistiller"))}
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        for key in ("NUM_KEEP", "K", "TAU", "LOSS_WEIGHT", "GRAPH_CHANNELS"):
+            self.require(cfg, key, "PointDistiller")
+        self.num_keep = int(cfg.NUM_KEEP)
+        self.k = int(cfg.K)
+        self.tau = float(cfg.TAU)
+        self.loss_weight = float(cfg.LOSS_WEIGHT)
+        self.edge_mode = str(cfg.get("EDGE_MODE", "concat"))
+        if self.edge_mode not in ("concat", "diff"):
+            raise ValueError(f"PointDistiller: EDGE_MODE must be 'concat' or 'diff', got '{self.edge_mode}'")
+        self.importance = str(cfg.get("IMPORTANCE", "auto"))
+        if self.importance not in IMPORTANCE_MODES:
+            raise ValueError(f"PointDistiller: IMPORTANCE must be one of {IMPORTANCE_MODES}, got "
+                             f"'{self.importance}'")
+        t_shape, s_shape = ctx.shapes["feature"][0][0], ctx.shapes["feature"][1][0]
+        c_t = channels_of(t_shape, "PointDistiller teacher tap")
+        c_s = channels_of(s_shape, "PointDistiller student tap")
+        c_g = int(cfg.GRAPH_CHANNELS)
+        self.graph_t = GraphLayer(2 * c_t, c_g)
+        self.graph_s = GraphLayer(2 * c_s, c_g)
+        self.logged_phi = False
+        self.logger = ctx.logger
+        ctx.log(f"PointDistiller: C_T={c_t} C_S={c_s} C'={c_g} N={self.num_keep} K={self.k} tau={self.tau} "
+                f"lambda={self.loss_weight} edges={self.edge_mode} importance={self.importance}")
+
+    def _importance(self, f_t_rows, is_voxel_rows, batch_dict):
+        mode = self.importance
+        if mode == "auto":
+            mode = "points" if is_voxel_rows else "teacher_max"
+        if mode == "teacher_max":
+            return f_t_rows.max(dim=1).values
+        for key in ("voxel_num_points_raw", "voxel_num_points"):
+            if key in batch_dict:
+                counts = batch_dict[key]
+                if counts.shape[0] != f_t_rows.shape[0]:
+                    raise ValueError(f"PointDistiller: batch key '{key}' has {counts.shape[0]} rows but the tapped "
+                                     f"feature has {f_t_rows.shape[0]}; IMPORTANCE 'points' needs per-voxel taps")
+                return counts.float()
+        raise KeyError("PointDistiller: IMPORTANCE 'points' needs batch key 'voxel_num_points_raw' or "
+                       "'voxel_num_points'")
+
+    def _log_phi(self, phi):
+        if self.logged_phi or self.logger is None or phi.numel() == 0:
+            return
+        top = max(1, int(round(0.01 * phi.numel())))
+        share = torch.topk(phi, top).values.sum() / phi.sum().clamp_min(1e-12)
+        self.logger.info(f"PointDistiller: phi over {phi.numel()} kept rows: max {phi.max().item():.3f}, "
+                         f"min {phi.min().item():.3g}, top-1% rows hold {100 * share.item():.1f}% of the weight "
+                         f"(tau={self.tau})")
+        self.logged_phi = True
+
+    def forward(self, feats, batch_dict, teacher_batch=None):
+        value_t, value_s = feats["feature"][0][0], feats["feature"][1][0]
+        if torch.is_tensor(value_t) and value_t.dim() == 4 and value_s.shape[-2:] != value_t.shape[-2:]:
+            value_s = resample_to(value_s, value_t.shape[-2:])
+        f_t, b_t, ind_t = rows_of(value_t, "PointDistiller teacher tap")
+        f_s, b_s, ind_s = rows_of(value_s, "PointDistiller student tap")
+        if f_t.shape[0] != f_s.shape[0]:
+            raise ValueError(f"PointDistiller: teacher has {f_t.shape[0]} rows, student {f_s.shape[0]}; rows must "
+                             f"align (same voxelisation for pillar/voxel taps)")
+        if ind_t is not None and not torch.equal(ind_t, ind_s):
+            raise ValueError("PointDistiller: sparse taps have different active voxels for teacher and student")
+        is_voxel_rows = b_t is None
+        if is_voxel_rows:
+            coords = batch_dict.get("voxel_coords")
+            if coords is None or coords.shape[0] != f_s.shape[0]:
+                raise KeyError(f"PointDistiller: (V, C) taps need batch key 'voxel_coords' with {f_s.shape[0]} rows")
+            if teacher_batch is not None and teacher_batch.get("voxel_coords") is not None \
+                    and not torch.equal(teacher_batch["voxel_coords"], coords):
+                raise ValueError("PointDistiller: teacher and student voxel_coords differ; pillar/voxel rows only "
+                                 "align with identical voxelisation (tap BEV maps instead)")
+            b_t = coords[:, 0].long()
+        f_t = f_t.detach()
+        scores = self._importance(f_t, is_voxel_rows, batch_dict)
+        query = top_rows_per_scan(scores, b_t, self.num_keep)
+        if query.numel() == 0:
+            return {f"kd_{self.name}": zero_like_graph(f_s, *self.parameters())}
+        knn_in_scans, edge_features = _knn_ops()
+        with torch.no_grad():
+            idx, valid = knn_in_scans(f_t, b_t, self.k, query_index=query)
+        e_t = edge_features(f_t, query, idx, mode=self.edge_mode)
+        e_s = edge_features(f_s, query, idx, mode=self.edge_mode)
+        g_t = self.graph_t(e_t)
+        g_s = self.graph_s(e_s)
+        phi = scan_softmax_weights(scores[query], b_t[query], self.tau)
+        self._log_phi(phi)
+        return {f"kd_{self.name}": pointdistiller_loss(g_t, g_s, phi, valid, self.loss_weight)}

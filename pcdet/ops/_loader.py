@@ -1,0 +1,49 @@
+"""Lazy loading of the compiled extensions of ``pcdet.ops``.
+
+Importing an op never requires a build: ``load_extension`` returns ``None`` when the extension module is missing
+or fails to load, and the op falls back to its PyTorch reference path. The notice is logged once per extension
+so a forgotten build is visible without flooding the log.
+"""
+import importlib
+import logging
+
+logger = logging.getLogger("pcdet.ops")
+
+_MODULES = {}
+_NOTICES = set()
+
+
+def notice_once(key, message):
+    """Log ``message`` at WARNING level the first time ``key`` is seen in this process."""
+    if key in _NOTICES:
+        return
+    _NOTICES.add(key)
+    logger.warning(message)
+
+
+def load_extension(name):
+    """Import the compiled module ``name`` (e.g. 'pcdet.ops.knn.knn_ext') once.
+
+    Returns:
+        The module, or None when it is not built or cannot be loaded (a one-line notice says which and why).
+    """
+    if name in _MODULES:
+        return _MODULES[name]
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        module = None
+        notice_once(name, f"{name} is not built; using the PyTorch reference path "
+                          f"(build with `pip install --no-build-isolation -e .`)")
+    except ImportError as err:
+        module = None
+        notice_once(name, f"{name} failed to load ({err}); using the PyTorch reference path")
+    _MODULES[name] = module
+    return module
+
+
+def cuda_supported(module):
+    """True when the compiled ``module`` was built with its CUDA kernels."""
+    return module is not None and bool(module.with_cuda())

@@ -1,0 +1,89 @@
+"""spconv import point for every module that uses sparse convolutions; exports ``spconv`` and
+``replace_feature``.
+
+Importing this module neutralises two defects of the spconv 2.3.8 CPU wheel, for CPU tensors only:
+
+* ``spconv.pytorch.ops.indice_conv_backward`` calls ``get_current_stream()`` (``torch.cuda.current_stream()``)
+  before its CPU branch, so the backward of SparseConv3d / SubMConv3d / SparseInverseConv3d raises
+  "Torch not compiled with CUDA enabled" on CPU-only torch. ``get_current_stream`` is replaced in
+  ``spconv.pytorch.ops`` by a version that returns the null stream (0) when CUDA is unavailable and defers to
+  the original otherwise.
+* The CPU gather-GEMM-scatter kernels and the CPU indice-pair generation give wrong, run-to-run varying results
+  when torch uses more than one intra-op thread. The CPU paths of ``get_indice_pairs``, ``indice_conv``,
+  ``indice_conv_backward``, ``indice_maxpool`` and ``indice_maxpool_backward`` are wrapped to run with one torch
+  thread, restoring the caller's thread count afterwards, so the rest of the program keeps every core.
+
+CUDA tensors take the original code paths unchanged.
+"""
+import contextlib
+import functools
+
+import torch
+import spconv.pytorch as spconv
+from spconv.pytorch import ops as _spconv_ops
+
+__all__ = ["spconv", "replace_feature", "single_thread", "PATCHED_OPS"]
+
+_ORIGINAL_GET_CURRENT_STREAM = _spconv_ops.get_current_stream
+# ops whose first tensor argument decides CPU vs CUDA
+PATCHED_OPS = ("get_indice_pairs", "indice_conv", "indice_conv_backward", "indice_maxpool", "indice_maxpool_backward")
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run the body with ``torch.set_num_threads(1)``, restoring the previous count on exit."""
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _safe_get_current_stream():
+    if torch.cuda.is_available():
+        return _ORIGINAL_GET_CURRENT_STREAM()
+    return 0
+
+
+def _first_tensor(args, kwargs):
+    for val in list(args) + list(kwargs.values()):
+        if isinstance(val, torch.Tensor):
+            return val
+    return None
+
+
+def _cpu_single_thread(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        tensor = _first_tensor(args, kwargs)
+        if tensor is not None and tensor.device.type == "cpu":
+            with single_thread():
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    wrapper._pcdet_cpu_single_thread = True
+    wrapper._pcdet_original = func
+    return wrapper
+
+
+def _patch_spconv_cpu():
+    _spconv_ops.get_current_stream = _safe_get_current_stream
+    for name in PATCHED_OPS:
+        func = getattr(_spconv_ops, name)
+        if not getattr(func, "_pcdet_cpu_single_thread", False):
+            setattr(_spconv_ops, name, _cpu_single_thread(func))
+
+
+_patch_spconv_cpu()
+
+
+def replace_feature(out, new_features):
+    """Return the SparseConvTensor ``out`` with its (V, C) features replaced by ``new_features`` (V, C')."""
+    if hasattr(out, "replace_feature"):
+        return out.replace_feature(new_features)
+    out.features = new_features
+    return out

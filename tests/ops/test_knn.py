@@ -1,0 +1,140 @@
+"""knn_in_scans and edge_features (reference and compiled CPU kernel) against brute force on fresh random inputs."""
+import pytest
+import torch
+
+from pcdet.ops import _loader
+from pcdet.ops.knn import EXT_NAME, edge_features, knn_in_scans
+
+COMPILED = _loader.load_extension(EXT_NAME) is not None
+PATHS = [True, pytest.param(False, marks=pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built"))]
+
+
+def brute_force(features, batch_idx, k, query_index):
+    """Full float64 distance matrix, lexicographic (distance, row) order within the scan."""
+    f = features.double()
+    idx, valid = [], []
+    for i in query_index.tolist():
+        rows = [j for j in range(f.shape[0]) if batch_idx[j] == batch_idx[i]]
+        ranked = sorted(rows, key=lambda j: (float(((f[i] - f[j]) ** 2).sum()), j))[:k]
+        idx.append(ranked + [i] * (k - len(ranked)))
+        valid.append([True] * len(ranked) + [False] * (k - len(ranked)))
+    return torch.tensor(idx, dtype=torch.long).view(-1, k), torch.tensor(valid).view(-1, k)
+
+
+def integer_features(m, c, low=-2, high=3):
+    """Small-integer features: distances are exact in float32 and ties (duplicate rows) are frequent."""
+    return torch.randint(low, high, (m, c)).float()
+
+
+def scans_with_gaps(m, num_scans=5):
+    """Unsorted batch indices where scan 1 is empty and scan 3 holds a single row."""
+    batch = torch.randint(0, num_scans, (m,))
+    batch[batch == 1] = 0
+    batch[batch == 3] = 4
+    batch[torch.randint(0, m, (1,))] = 3
+    return batch
+
+
+@pytest.mark.parametrize("use_reference", PATHS)
+@pytest.mark.parametrize("tile", [5, 64])
+def test_ties_gaps_and_subset_match_brute_force(use_reference, tile):
+    features = integer_features(90, 3)
+    batch = scans_with_gaps(90)
+    query = torch.randperm(90)[:40]
+    k = 12
+    idx, valid = knn_in_scans(features, batch, k, query, tile=tile, use_reference=use_reference)
+    want_idx, want_valid = brute_force(features, batch, k, query)
+    assert idx.dtype == torch.long and valid.dtype == torch.bool and idx.shape == (40, k)
+    assert torch.equal(idx, want_idx)
+    assert torch.equal(valid, want_valid)
+
+
+@pytest.mark.parametrize("use_reference", PATHS)
+def test_fewer_rows_than_k_and_single_point(use_reference):
+    features = torch.randn(4, 6)
+    batch = torch.tensor([2, 0, 2, 2])
+    idx, valid = knn_in_scans(features, batch, 5, use_reference=use_reference)
+    assert idx[1].tolist() == [1] * 5 and valid[1].tolist() == [True] + [False] * 4
+    for q in (0, 2, 3):
+        assert idx[q, 0] == q and sorted(idx[q, :3].tolist()) == [0, 2, 3]
+        assert idx[q, 3:].tolist() == [q, q] and valid[q].tolist() == [True] * 3 + [False] * 2
+
+
+@pytest.mark.parametrize("use_reference", PATHS)
+def test_continuous_features_distances_match(use_reference):
+    features = torch.randn(300, 16, dtype=torch.float64)
+    batch = torch.sort(torch.randint(0, 3, (300,))).values
+    idx, valid = knn_in_scans(features, batch, 20, tile=32, use_reference=use_reference)
+    want_idx, _ = brute_force(features, batch, 20, torch.arange(300))
+    got_d = ((features[idx] - features[:, None]) ** 2).sum(-1)
+    want_d = ((features[want_idx] - features[:, None]) ** 2).sum(-1)
+    torch.testing.assert_close(got_d, want_d)
+    assert bool(valid.all()) and torch.equal(idx[:, 0], torch.arange(300))
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_compiled_equals_reference_with_duplicates():
+    features = torch.randn(600, 8)
+    features[300:450] = features[torch.randint(0, 300, (150,))]  # exact duplicate rows: exact ties
+    batch = torch.randint(0, 2, (600,))
+    query = torch.randint(0, 600, (200,))
+    got = knn_in_scans(features, batch, 32, query, tile=100)
+    want = knn_in_scans(features, batch, 32, query, tile=100, use_reference=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("use_reference", PATHS)
+def test_no_gradient_through_idx_and_empty_query(use_reference):
+    features = torch.randn(20, 4, requires_grad=True)
+    batch = torch.zeros(20, dtype=torch.long)
+    idx, valid = knn_in_scans(features, batch, 3, use_reference=use_reference)
+    assert not idx.requires_grad and not valid.requires_grad
+    idx, valid = knn_in_scans(features, batch, 3, torch.zeros(0, dtype=torch.long), use_reference=use_reference)
+    assert idx.shape == (0, 3) and valid.shape == (0, 3)
+
+
+@pytest.mark.parametrize("use_reference", PATHS)
+@pytest.mark.parametrize("mode", ["concat", "diff"])
+@pytest.mark.parametrize("with_query", [False, True])
+def test_edge_features_values_and_gradients(use_reference, mode, with_query):
+    features = torch.randn(30, 5, dtype=torch.float64, requires_grad=True)
+    query = torch.randint(0, 30, (12,)) if with_query else None
+    num_q = 12 if with_query else 30
+    idx = torch.randint(0, 30, (num_q, 4))
+    out = edge_features(features, query, idx, mode=mode, use_reference=use_reference)
+    rows = torch.arange(30) if query is None else query
+    f = features.detach()
+    for a in range(num_q):
+        for j in range(4):
+            neighbour = f[idx[a, j]] - (f[rows[a]] if mode == "diff" else 0)
+            torch.testing.assert_close(out[a, j], torch.cat([neighbour, f[rows[a]]]))
+    weight = torch.randn_like(out)
+    (out * weight).sum().backward()
+    expected = torch.zeros_like(f)
+    for a in range(num_q):
+        for j in range(4):
+            expected[idx[a, j]] += weight[a, j, :5]
+            expected[rows[a]] += weight[a, j, 5:] - (weight[a, j, :5] if mode == "diff" else 0)
+    torch.testing.assert_close(features.grad, expected)
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_edge_features_gradcheck_compiled():
+    features = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    query = torch.tensor([0, 3, 3, 7])
+    idx = torch.randint(0, 8, (4, 3))
+    assert torch.autograd.gradcheck(lambda f: edge_features(f, query, idx, mode="diff"), (features,))
+
+
+def test_argument_errors():
+    features = torch.randn(10, 3)
+    with pytest.raises(ValueError, match=r"batch_idx must be a \(M,\)"):
+        knn_in_scans(features, torch.zeros(9, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="query_index must lie"):
+        knn_in_scans(features, torch.zeros(10, dtype=torch.long), 2, torch.tensor([10]))
+    with pytest.raises(ValueError, match="k must be"):
+        knn_in_scans(features, torch.zeros(10, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="mode"):
+        edge_features(features, None, torch.zeros(10, 2, dtype=torch.long), mode="sum")
+    with pytest.raises(ValueError, match="idx has 3 rows"):
+        edge_features(features, None, torch.zeros(3, 2, dtype=torch.long))

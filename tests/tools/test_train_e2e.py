@@ -1,0 +1,120 @@
+"""tools/train.py and tools/test.py end to end on a tiny synthetic KITTI-format dataset (CPU subprocesses).
+
+Slow (marked ``slow``): each test runs the tools as a user would, from ``tools/``.
+"""
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pcdet.utils import checkpoint_utils
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
+CFG = "cfgs/synthetic_models/centerpoint_pillar.yaml"
+EXP = Path("synthetic_models") / "centerpoint_pillar"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, timeout=120):
+    proc = subprocess.run([sys.executable] + args, cwd=TOOLS, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args[:2]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    _run(["-m", "pcdet.datasets.synthetic.generate", "--out", str(root), "--num_frames", "8", "--seed", "0",
+          "--workers", "0"])
+    _run(["-c", "import sys; from pcdet.datasets.kitti.kitti_dataset import main; main(sys.argv[1:])",
+          "create_kitti_infos", str(TOOLS / "cfgs" / "dataset_configs" / "synthetic_kitti_dataset.yaml"),
+          "--data_path", str(root), "--workers", "1"])
+    return root
+
+
+def _common(out, data_root, tag):
+    return ["--cfg_file", CFG, "--batch_size", "2", "--workers", "0", "--device", "cpu", "--extra_tag", tag,
+            "--output_root", str(out)]
+
+
+def _set(data_root):
+    return ["--set", "DATA_CONFIG.DATA_PATH", str(data_root)]
+
+
+def test_train_two_iterations_then_test(tmp_path, data_root):
+    out = tmp_path / "output"
+    _run(["train.py"] + _common(out, data_root, "e2e")
+         + ["--epochs", "1", "--max_iters_per_epoch", "2"] + _set(data_root))
+    exp = out / EXP / "e2e"
+    assert sorted(p.name for p in exp.iterdir()) == ["ckpt", "eval", "log", "tensorboard"]
+    ckpt = checkpoint_utils.load_checkpoint(exp / "ckpt" / "checkpoint_epoch_1.pth")
+    assert (ckpt["epoch"], ckpt["it"]) == (1, 2)
+    assert any(p.name.startswith("events.out.tfevents") for p in (exp / "tensorboard").iterdir())
+    log = next((exp / "log").glob("train_*.log")).read_text()
+    assert "Performance of EPOCH 1" in log and "Car AP" in log
+    with open(exp / "eval" / "eval_with_train" / "epoch_1" / "val" / "result.pkl", "rb") as f:
+        with_train = pickle.load(f)
+
+    _run(["test.py"] + _common(out, data_root, "e2e")
+         + ["--ckpt", str(exp / "ckpt" / "checkpoint_epoch_1.pth"), "--eval_tag", "single"] + _set(data_root))
+    result_dir = exp / "eval" / "epoch_1" / "val" / "single"
+    with open(result_dir / "result.pkl", "rb") as f:
+        det_annos = pickle.load(f)
+    assert len(list(result_dir.glob("log_eval_*.txt"))) == 1
+    val_ids = (data_root / "ImageSets" / "val.txt").read_text().split()
+    assert [a["frame_id"] for a in det_annos] == val_ids
+    for a, b in zip(det_annos, with_train):
+        assert torch.allclose(torch.as_tensor(a["boxes_lidar"]), torch.as_tensor(b["boxes_lidar"]))
+
+    # --eval_all evaluates the one checkpoint, records it, and a second call skips it
+    _run(["test.py"] + _common(out, data_root, "e2e") + ["--eval_all", "--eval_tag", "all"] + _set(data_root))
+    assert (exp / "eval" / "eval_list_val_all.txt").read_text().split() == ["1"]
+    proc = _run(["test.py"] + _common(out, data_root, "e2e") + ["--eval_all", "--eval_tag", "all"]
+                + _set(data_root))
+    assert "no checkpoint left to evaluate" in proc.stdout + proc.stderr
+
+
+def test_killed_run_resumes_from_latest_complete_checkpoint(tmp_path, data_root):
+    out = tmp_path / "output"
+    args = ["train.py"] + _common(out, data_root, "resume") + ["--epochs", "3", "--max_iters_per_epoch", "1",
+                                                               "--skip_eval"] + _set(data_root)
+    ckpt_dir = out / EXP / "resume" / "ckpt"
+    proc = subprocess.Popen([sys.executable] + args, cwd=TOOLS, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 90
+    while not (ckpt_dir / "checkpoint_epoch_1.pth").exists():
+        assert proc.poll() is None, f"train.py ended before its first checkpoint:\n{proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint after 90 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = [checkpoint_utils.epoch_of(p) for p in checkpoint_utils.list_epoch_checkpoints(ckpt_dir)]
+    assert done and max(done) < 3, f"the run finished before it was killed ({done})"
+
+    result = _run(args)
+    log = result.stdout + result.stderr
+    assert f"resumed from {ckpt_dir / f'checkpoint_epoch_{max(done)}.pth'}: epoch {max(done)}, iteration {max(done)}" \
+        in log
+    assert f"epochs {max(done)}->3" in log
+    final = checkpoint_utils.load_checkpoint(ckpt_dir / "checkpoint_epoch_3.pth")
+    assert (final["epoch"], final["it"]) == (3, 3)
+    assert not list(ckpt_dir.glob("*.tmp"))
+
+
+def test_non_finite_loss_stops_training_without_checkpoint(tmp_path, data_root):
+    out = tmp_path / "output"
+    args = ["train.py"] + _common(out, data_root, "nan") + ["--epochs", "1", "--max_iters_per_epoch", "2",
+                                                            "--skip_eval"] + _set(data_root)
+    # a learning rate of inf turns the weights and so the loss of the second iteration into NaN
+    args += ["OPTIMIZATION.LR", "1e300", "OPTIMIZATION.OPTIMIZER", "sgd", "OPTIMIZATION.GRAD_NORM_CLIP", "1e300"]
+    proc = subprocess.run([sys.executable] + args, cwd=TOOLS, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "NonFiniteLossError" in proc.stderr and "iteration 1 (epoch 0)" in proc.stderr, proc.stderr[-3000:]
+    assert not list((out / EXP / "nan" / "ckpt").iterdir())

@@ -1,0 +1,116 @@
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from pcdet.utils import common_utils
+
+
+def test_check_numpy_to_torch():
+    t, was_numpy = common_utils.check_numpy_to_torch(np.array([1.5, 2.0], dtype=np.float64))
+    assert was_numpy and isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    assert t.tolist() == [1.5, 2.0]
+    x = torch.tensor([3])
+    out, was_numpy = common_utils.check_numpy_to_torch(x)
+    assert out is x and not was_numpy
+
+
+def test_limit_period_hand_values():
+    vals = np.array([0.0, np.pi, -np.pi, 1.5 * np.pi, 3.0 * np.pi, -2.5 * np.pi], dtype=np.float32)
+    got = common_utils.limit_period(vals, offset=0.5, period=2 * np.pi)
+    # into [-pi, pi): pi -> -pi, 1.5pi -> -0.5pi, 3pi -> -pi, -2.5pi -> -0.5pi
+    expected = np.array([0.0, -np.pi, -np.pi, -0.5 * np.pi, -np.pi, -0.5 * np.pi], dtype=np.float32)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # offset 0 maps into [0, period)
+    got = common_utils.limit_period(torch.tensor([-0.5, 3.5]), offset=0.0, period=np.pi)
+    np.testing.assert_allclose(got.numpy(), [np.pi - 0.5, 3.5 - np.pi], atol=1e-6)
+
+
+def test_rotate_points_along_z_quarter_turn_keeps_features():
+    pts = np.array([[[1.0, 0.0, 2.0, 7.0], [0.0, 2.0, -1.0, 8.0]]], dtype=np.float32)
+    out = common_utils.rotate_points_along_z(pts, np.array([np.pi / 2]))
+    assert isinstance(out, np.ndarray) and out.shape == (1, 2, 4)
+    # counter-clockwise seen from above: +x -> +y, +y -> -x; z and features unchanged
+    np.testing.assert_allclose(out[0], [[0.0, 1.0, 2.0, 7.0], [-2.0, 0.0, -1.0, 8.0]], atol=1e-6)
+    t = common_utils.rotate_points_along_z(torch.from_numpy(pts).repeat(2, 1, 1), torch.tensor([0.0, np.pi]))
+    assert isinstance(t, torch.Tensor)
+    np.testing.assert_allclose(t[0].numpy(), pts[0], atol=1e-6)
+    np.testing.assert_allclose(t[1, :, :2].numpy(), -pts[0, :, :2], atol=1e-6)
+
+
+def test_rotate_points_along_z_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(B, N, 3 \+ C\)"):
+        common_utils.rotate_points_along_z(np.zeros((5, 3), dtype=np.float32), np.zeros(1))
+    with pytest.raises(ValueError, match="2 angles for a batch of 1"):
+        common_utils.rotate_points_along_z(np.zeros((1, 5, 3), dtype=np.float32), np.zeros(2))
+
+
+def test_mask_points_by_range_inclusive_xy_only():
+    pts = np.array([[0, 0, 100], [70.4, 40, 0], [70.5, 0, 0], [1, -40.1, 0], [1, -40, -50]], dtype=np.float32)
+    mask = common_utils.mask_points_by_range(pts, np.array([0, -40, -3, 70.4, 40, 1], dtype=np.float32))
+    assert mask.tolist() == [True, True, False, False, True]
+
+
+def test_drop_info_with_name_and_keep_arrays_by_name():
+    info = {"name": np.array(["Car", "DontCare", "Pedestrian", "DontCare"]),
+            "score": np.array([0.1, 0.2, 0.3, 0.4]),
+            "bbox": np.arange(16).reshape(4, 4)}
+    out = common_utils.drop_info_with_name(info, "DontCare")
+    assert out["name"].tolist() == ["Car", "Pedestrian"]
+    np.testing.assert_array_equal(out["score"], [0.1, 0.3])
+    np.testing.assert_array_equal(out["bbox"], [[0, 1, 2, 3], [8, 9, 10, 11]])
+    idx = common_utils.keep_arrays_by_name(["Van", "Car", "Cyclist", "Car"], ["Car", "Cyclist"])
+    assert idx.dtype == np.int64 and idx.tolist() == [1, 2, 3]
+    assert common_utils.keep_arrays_by_name([], ["Car"]).shape == (0,)
+
+
+def test_get_dist_info_without_process_group():
+    assert common_utils.get_dist_info() == (0, 1)
+
+
+def test_get_pad_params():
+    assert common_utils.get_pad_params(10, 7) == (0, 3)
+    with pytest.raises(ValueError, match="exceeds"):
+        common_utils.get_pad_params(3, 4)
+
+
+def test_average_meter():
+    meter = common_utils.AverageMeter()
+    meter.update(2.0)
+    meter.update(4.0, n=3)
+    assert meter.val == 4.0 and meter.count == 4 and meter.sum == 14.0
+    assert meter.avg == pytest.approx(3.5)
+
+
+def test_set_random_seed_repeats_all_generators():
+    common_utils.set_random_seed(123)
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    common_utils.set_random_seed(123)
+    b = (random.random(), np.random.rand(), torch.rand(1).item())
+    assert a == b
+
+
+def test_worker_init_fn_seeds_differ_by_worker_and_rank():
+    draws = []
+    for worker_id, rank in ((0, 0), (1, 0), (0, 1), (0, 0)):
+        common_utils.worker_init_fn(worker_id, seed=7, rank=rank)
+        draws.append(np.random.randint(1 << 30))
+    assert draws[0] == draws[3]
+    assert len({draws[0], draws[1], draws[2]}) == 3
+    np.random.seed(7 + 1)
+    assert draws[1] == np.random.randint(1 << 30)
+
+
+def test_create_logger_writes_file_and_rank_filter(tmp_path):
+    log_file = tmp_path / "sub" / "log.txt"
+    logger = common_utils.create_logger(log_file, rank=0)
+    logger.info("hello from rank 0")
+    for h in logger.handlers:
+        h.flush()
+    assert "hello from rank 0" in log_file.read_text()
+    logger = common_utils.create_logger(None, rank=1)
+    assert logger.level == logging.ERROR
+    common_utils.create_logger(None, rank=0)
