@@ -15,8 +15,7 @@ DATASETS = Registry("datasets")
 
 from ..utils import common_utils  # noqa: E402  (DATASETS must exist before the dataset modules register)
 from .dataset import DatasetTemplate  # noqa: E402
-from .kitti import kitti_dataset  # noqa: E402,F401
-from .kitti.kitti_dataset import KittiDataset  # noqa: E402
+from .kitti.kitti_dataset import KittiDataset  # noqa: E402  (registers 'KittiDataset')
 
 __all__ = ["DATASETS", "DatasetTemplate", "KittiDataset", "build_dataloader", "DistributedEvalSampler"]
 

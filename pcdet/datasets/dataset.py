@@ -14,7 +14,7 @@ import numpy as np
 import torch.utils.data as torch_data
 
 from ..models import batch_keys as K
-from ..utils import common_utils
+from ..utils import box_utils, common_utils
 from .augmentor.data_augmentor import DataAugmentor
 from .processor.data_processor import DataProcessor
 from .processor.point_feature_encoder import PointFeatureEncoder
@@ -195,7 +195,7 @@ class DatasetTemplate(torch_data.Dataset):
         return self[np.random.randint(len(self))]
 
     @staticmethod
-    def collate_batch(batch_list, _unused=False):
+    def collate_batch(batch_list):
         """Stack a list of sample dicts into a ``batch_dict``.
 
         ``points`` and ``voxel_coords`` get the batch index prepended ((N, 1 + C), (V, 4)); ``voxels`` and the
@@ -263,8 +263,6 @@ class DatasetTemplate(torch_data.Dataset):
             ``boxes_lidar`` (K, 7), ``frame_id``); otherwise ``name``, ``score``, ``boxes_lidar``,
             ``pred_labels``, ``frame_id``.
         """
-        from ..utils import box_utils
-
         annos = []
         for index, box_dict in enumerate(pred_dicts):
             scores = _to_numpy(box_dict["pred_scores"]).astype(np.float32)

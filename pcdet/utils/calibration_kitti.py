@@ -87,19 +87,18 @@ class Calibration:
         """(N, 3) rect-camera points -> (N, 3) LiDAR points (float32)."""
         pts_rect = np.asarray(pts_rect, dtype=np.float64).reshape(-1, 3)
         inv = np.linalg.inv(self._rect_from_lidar_matrix())
-        pts_lidar = self.cart_to_hom(pts_rect) @ inv.T
-        return pts_lidar[:, 0:3].astype(np.float32)
+        return (pts_rect @ inv[:3, :3].T + inv[:3, 3]).astype(np.float32)
 
     def lidar_to_rect(self, pts_lidar):
         """(N, 3) LiDAR points -> (N, 3) rect-camera points (float32)."""
         pts_lidar = np.asarray(pts_lidar, dtype=np.float64).reshape(-1, 3)
-        pts_rect = self.cart_to_hom(pts_lidar) @ self._rect_from_lidar_matrix().T
-        return pts_rect[:, 0:3].astype(np.float32)
+        mat = self._rect_from_lidar_matrix()
+        return (pts_lidar @ mat[:3, :3].T + mat[:3, 3]).astype(np.float32)
 
     def rect_to_img(self, pts_rect):
         """(N, 3) rect points -> ``(pts_img (N, 2) pixels, depth (N,))``; depth is z in the camera-2 frame."""
         pts_rect = np.asarray(pts_rect, dtype=np.float32).reshape(-1, 3)
-        pts_2d_hom = self.cart_to_hom(pts_rect) @ self.P2.T
+        pts_2d_hom = pts_rect @ self.P2[:, 0:3].T + self.P2[:, 3]
         pts_img = pts_2d_hom[:, 0:2] / pts_rect[:, 2:3]
         depth = pts_2d_hom[:, 2] - self.P2[2, 3]
         return pts_img, depth

@@ -211,3 +211,29 @@ def test_gt_sampling_prepare_filters_and_limit_whole_scene(tmp_path):
         DataBaseSampler(tmp_path, _sampler_cfg(["Car15"]), ["Car"])
     with pytest.raises(FileNotFoundError, match="create_kitti_infos"):
         DataBaseSampler(tmp_path / "nowhere", _sampler_cfg(["Car:1"]), ["Car"])
+
+
+def test_points_in_any_box_matches_exact_test():
+    from pcdet.datasets.augmentor.database_sampler import points_in_any_box
+
+    boxes, points = _scene(seed=4)
+    rng = np.random.default_rng(1)
+    near = np.concatenate([boxes[:, None, 0:3] + rng.uniform(-2, 2, (3, 50, 3)),
+                           rng.uniform(0, 1, (3, 50, 1))], axis=2).reshape(-1, 4).astype(np.float32)
+    pts = np.concatenate([points, near])
+    expected = _membership(boxes, pts).sum(axis=0) > 0
+    got = points_in_any_box(pts, boxes)
+    assert expected.sum() > 90 and (~expected).sum() > 40
+    np.testing.assert_array_equal(got, expected)
+    assert points_in_any_box(np.zeros((0, 4), np.float32), boxes).shape == (0,)
+    assert not points_in_any_box(pts, np.zeros((0, 7), np.float32)).any()
+
+
+def test_gt_sampling_fills_an_empty_scene(tmp_path):
+    _write_db(tmp_path, [("Car", [10, 0, -1, 4, 2, 1.5, 0], 4, 0), ("Car", [20, 0, -1, 4, 2, 1.5, 0], 5, 0)])
+    sampler = DataBaseSampler(tmp_path, _sampler_cfg(["Car:2"]), ["Car"])
+    np.random.seed(0)
+    out = sampler({"points": np.zeros((0, 4), np.float32), "gt_boxes": np.zeros((0, 7), np.float32),
+                   "gt_names": np.zeros(0, dtype=str), "gt_boxes_mask": np.zeros(0, dtype=bool)})
+    assert out["gt_boxes"].shape == (2, 7) and sorted(out["gt_boxes"][:, 0].tolist()) == [10, 20]
+    assert out["points"].shape == (9, 4) and out["gt_names"].tolist() == ["Car", "Car"]

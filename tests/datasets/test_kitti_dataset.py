@@ -313,3 +313,22 @@ def test_build_dataloader_workers_are_seeded(kitti_root):
 def test_unknown_dataset_name_in_registry():
     with pytest.raises(KeyError, match="did you mean"):
         build_dataloader(EasyDict(DATASET="KittiDatset"), CLASSES, 1, False)
+
+
+def test_evaluation_pairs_gt_and_detections_by_frame_id(kitti_root, monkeypatch):
+    from pcdet.datasets.kitti.kitti_object_eval_python import eval as kitti_eval
+
+    captured = {}
+
+    def fake_eval(gt_annos, dt_annos, current_classes):
+        captured.update(gt=gt_annos, dt=dt_annos, classes=current_classes)
+        return "result", {"Car_3d/moderate_R40": 1.0}
+
+    monkeypatch.setattr(kitti_eval, "get_official_eval_result", fake_eval)
+    ds = KittiDataset(_cfg(), CLASSES, training=False, root_path=kitti_root)
+    dets = [{"frame_id": "000001", "name": np.array(["Car"])}, {"frame_id": "000000", "name": np.array([])}]
+    assert ds.evaluation(dets, CLASSES) == ("result", {"Car_3d/moderate_R40": 1.0})
+    assert [len(g["name"]) for g in captured["gt"]] == [0, 4]  # frame 000001 has no objects, 000000 has four
+    assert captured["dt"][0]["frame_id"] == "000001" and captured["classes"] == CLASSES
+    with pytest.raises(KeyError, match="frames without infos: \\['000042'\\]"):
+        ds.evaluation([{"frame_id": "000042", "name": np.array([])}], CLASSES)

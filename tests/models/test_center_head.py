@@ -99,6 +99,8 @@ def test_head_config_errors_name_the_key():
     with pytest.raises(ValueError, match="HEAD_DICT"):
         make_head(cfg)
     head = make_head()
+    with pytest.raises(ValueError, match="class ids"):
+        head.assign_targets(torch.tensor([[[1.0, 0, 0, 1, 1, 1, 0, 4]]]), feature_map_size=(8, 8))
     with pytest.raises(ValueError, match="FEATURE_MAP_STRIDE"):
         head.eval()({K.SPATIAL_FEATURES_2D: torch.zeros(1, 8, 16, 16), K.BATCH_SIZE: 1})
 

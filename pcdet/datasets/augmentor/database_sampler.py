@@ -26,6 +26,27 @@ def _parse_name_number(text, key):
         raise ValueError(f"gt_sampling.{key}: entry '{text}' is not of the form 'Class:number'") from exc
 
 
+def points_in_any_box(points, boxes):
+    """(N,) bool: points (N, 3+) inside at least one LiDAR box (M, 7+).
+
+    A cheap bird's-eye-view test against each box's bounding square (half side = half the box diagonal) picks
+    the candidate points first, so the exact rotated test runs on a small subset of the scan.
+    """
+    mask = np.zeros(points.shape[0], dtype=bool)
+    if points.shape[0] == 0 or boxes.shape[0] == 0:
+        return mask
+    radius = 0.5 * np.sqrt(boxes[:, 3] ** 2 + boxes[:, 4] ** 2)
+    near = np.zeros(points.shape[0], dtype=bool)
+    for box, r in zip(boxes, radius):
+        near |= (np.abs(points[:, 0] - box[0]) <= r) & (np.abs(points[:, 1] - box[1]) <= r)
+    candidates = np.nonzero(near)[0]
+    if candidates.size:
+        inside = roiaware_pool3d_utils.points_in_boxes_cpu(
+            np.ascontiguousarray(points[candidates, 0:3], dtype=np.float32), boxes[:, 0:7].astype(np.float32))
+        mask[candidates] = np.asarray(inside).sum(axis=0) > 0
+    return mask
+
+
 class DataBaseSampler:
     """Samples database objects per class and pastes the ones that do not collide in bird's-eye view."""
 
@@ -140,9 +161,7 @@ class DataBaseSampler:
         sampled_names = np.array([info["name"] for info in total_valid_sampled_dict])
 
         large_boxes = box_utils.enlarge_box3d(sampled_gt_boxes[:, 0:7], extra_width=self.remove_extra_width)
-        if points.shape[0] > 0:
-            inside = roiaware_pool3d_utils.points_in_boxes_cpu(points[:, 0:3], large_boxes)
-            points = points[np.asarray(inside).sum(axis=0) == 0]
+        points = points[~points_in_any_box(points, large_boxes)]
         data_dict[K.POINTS] = np.concatenate([obj_points, points], axis=0).astype(points.dtype)
         data_dict[K.GT_NAMES] = np.concatenate([gt_names, sampled_names], axis=0)
         data_dict[K.GT_BOXES] = np.concatenate([gt_boxes, sampled_gt_boxes.astype(gt_boxes.dtype)], axis=0)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ...models import batch_keys as K
+from ...ops.voxel_count import voxel_point_counts
 from ...utils import box_utils, common_utils
 
 
@@ -27,8 +28,6 @@ def voxelize_points(points, point_cloud_range, voxel_size, max_points_per_voxel,
         voxels (V, P, C) zero padded, coordinates (V, 3) int32 ``[z, y, x]``, num_points (V,) int32 (<= P),
         num_points_raw (V,) int32 (all points of the voxel, uncapped).
     """
-    from ...ops.voxel_count import voxel_point_counts
-
     num_features = points.shape[1]
     empty = (np.zeros((0, max_points_per_voxel, num_features), dtype=points.dtype),
              np.zeros((0, 3), dtype=np.int32), np.zeros((0,), dtype=np.int32), np.zeros((0,), dtype=np.int32))

@@ -62,16 +62,19 @@ def _frame_meta(frame, preset, index):
     points, labels, sweep, scene = frame["points"], frame["labels"], frame["sweep"], frame["scene"]
     objects = []
     boxes = []
+    hits = np.bincount(sweep.hit_id[sweep.hit_id >= 0], minlength=len(scene.objects))
     for rec in labels:
         label = parse_label_line(rec.line)
-        entry = dict(type=label["type"], obj_id=rec.obj_id, num_hits=int(np.sum(sweep.hit_id == rec.obj_id)),
+        entry = dict(type=label["type"], obj_id=rec.obj_id, num_hits=int(hits[rec.obj_id]),
                      rays_alone=int(sweep.rays_alone[rec.obj_id]), rays_hit=int(sweep.rays_hit[rec.obj_id]),
                      occlusion_fraction=round(rec.occlusion_fraction, 4),
                      lidar_box=[round(float(v), 4) for v in scene.objects[rec.obj_id].box])
         if label["type"] != "DontCare":
             boxes.append(label_to_lidar_box(label, frame["calib"]))
+        else:
+            entry["num_points_in_box"] = -1
         objects.append(entry)
-    counts = count_points_in_boxes(points.astype(np.float64), np.array(boxes).reshape(-1, 7))
+    counts = count_points_in_boxes(points, np.array(boxes, np.float64).reshape(-1, 7))
     for entry, n in zip((e for e in objects if e["type"] != "DontCare"), counts):
         entry["num_points_in_box"] = int(n)
     ground = {k: round(float(v), 6) for k, v in scene.road.items()}
@@ -103,12 +106,22 @@ def _write_frame_task(args):
     return _write_frame(*args)
 
 
+def _remove_stale_frames(out_dir, folders, num):
+    """Delete frame files numbered >= num left by an earlier, larger run, so the folder matches ImageSets."""
+    for folder in folders:
+        for name in os.listdir(folder):
+            stem, ext = os.path.splitext(name)
+            if ext in (".bin", ".txt", ".json") and len(stem) == 6 and stem.isdigit() and int(stem) >= num:
+                os.remove(os.path.join(folder, name))
+
+
 def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, preset="default",
                      num_test_frames=None):
     """Write a synthetic KITTI-format dataset (layout in the module docstring).
 
     Args:
-        out_dir: root folder (created; existing frame files are overwritten).
+        out_dir: root folder (created; frame files of an earlier run are overwritten or, beyond the new frame
+            counts, deleted; infos derived from an earlier run, e.g. kitti_infos_*.pkl, must be rebuilt).
         num_frames: number of training/ frames (split into train and val).
         seed: dataset seed.
         val_fraction: share of the training/ frames listed in val.txt.
@@ -127,8 +140,10 @@ def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, pr
     num_test = num_frames // 10 if num_test_frames is None else int(num_test_frames)
     for split, subdirs in (("training", ("velodyne", "label_2", "calib", "synth_meta")),
                            ("testing", ("velodyne", "calib"))):
-        for sub in subdirs:
-            os.makedirs(os.path.join(out_dir, split, sub), exist_ok=True)
+        folders = [os.path.join(out_dir, split, sub) for sub in subdirs]
+        for folder in folders:
+            os.makedirs(folder, exist_ok=True)
+        _remove_stale_frames(out_dir, folders, num_frames if split == "training" else num_test)
     os.makedirs(os.path.join(out_dir, "ImageSets"), exist_ok=True)
 
     tasks = [(out_dir, "training", i, seed, preset) for i in range(num_frames)]

@@ -188,13 +188,16 @@ def build_culling(prims, num_bins):
         prims: (K, NUM_COLS) float64 primitive table.
         num_bins: number of equal azimuth bins over [-pi, pi).
     Returns:
-        bin_start (num_bins + 1,) int64, bin_items (M,) int64 primitive indices, el_lo (K,), el_hi (K,) radians.
+        bin_start (num_bins + 1,) int64, bin_items (M,) int64 primitive indices (sorted by near distance within
+        each bin), el_lo (K,), el_hi (K,) radians, near (K,) lower bound of the horizontal distance of each
+        primitive from the sensor.
     """
     k_count = prims.shape[0]
     az_c = np.empty(k_count)
     az_h = np.empty(k_count)
     el_lo = np.empty(k_count)
     el_hi = np.empty(k_count)
+    near = np.empty(k_count)
     for k in range(k_count):
         p = prims[k]
         if int(p[C_TYPE]) == PRIM_BOX:
@@ -205,6 +208,7 @@ def build_culling(prims, num_bins):
         z0 = p[C_CZ] - p[C_HZ]
         z1 = p[C_CZ] + p[C_HZ]
         az_c[k] = math.atan2(p[C_CY], p[C_CX])
+        near[k] = max(dh - rh, 0.0)
         if dh <= rh + 1e-6:
             az_h[k] = np.pi
             el_lo[k] = -0.5 * np.pi
@@ -233,12 +237,12 @@ def build_culling(prims, num_bins):
         counts[b + 1] += counts[b]
     items = np.empty(counts[num_bins], np.int64)
     fill = counts[:num_bins].copy()
-    for k in range(k_count):
+    for k in np.argsort(near, kind="mergesort"):
         for i in range(span[k]):
             b = (first[k] + i) % num_bins
             items[fill[b]] = k
             fill[b] += 1
-    return counts, items, el_lo, el_hi
+    return counts, items, el_lo, el_hi, near
 
 
 @nb.njit(cache=True)
@@ -269,7 +273,7 @@ def cast_scan(elev, azim, prims, ground, max_range, num_objects, num_bins):
     rays_alone = np.zeros(num_objects, np.int64)
     rays_hit = np.zeros(num_objects, np.int64)
     stamp = np.full(num_objects, -1, np.int64)
-    bin_start, bin_items, el_lo, el_hi = build_culling(prims, num_bins)
+    bin_start, bin_items, el_lo, el_hi, near = build_culling(prims, num_bins)
     width = 2.0 * np.pi / num_bins
     caz = np.cos(azim)
     saz = np.sin(azim)
@@ -293,6 +297,8 @@ def cast_scan(elev, azim, prims, ground, max_range, num_objects, num_bins):
             b = abin[j]
             for q in range(bin_start[b], bin_start[b + 1]):
                 k = bin_items[q]
+                if near[k] > limit * ce:
+                    break
                 if e < el_lo[k] or e > el_hi[k]:
                     continue
                 p = prims[k]

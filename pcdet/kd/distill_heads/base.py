@@ -60,10 +60,24 @@ class KDHead(nn.Module):
     student_values)`` lists in tap order.
     """
 
+    KEYS = ()  # config keys a head reads (besides NAME and TAG); anything else is rejected as a typo
+    SUB_KEYS = {}  # nested blocks: key -> allowed keys
+
     def __init__(self, cfg, ctx):
         super().__init__()
         self.cfg = cfg
         self.name = str(cfg.get("TAG", cfg.NAME)).lower()
+        self.check_keys(cfg)
+
+    @classmethod
+    def check_keys(cls, cfg):
+        unknown = sorted(set(cfg) - set(cls.KEYS) - {"NAME", "TAG"})
+        if unknown:
+            raise KeyError(f"KD head {cfg.get('NAME')}: unknown config keys {unknown} (known: {sorted(cls.KEYS)})")
+        for key, allowed in cls.SUB_KEYS.items():
+            extra = sorted(set(cfg.get(key, {}) or {}) - set(allowed))
+            if extra:
+                raise KeyError(f"KD head {cfg.get('NAME')}: unknown keys {extra} in {key} (known: {sorted(allowed)})")
 
     @staticmethod
     def tap_requests(cfg):

@@ -7,6 +7,7 @@ from .base import KD_HEADS, KDHead, bev_box_mask, channels_of, map_stride
 @KD_HEADS.register(name="FitNet")
 class FitNetHead(KDHead):
     """Config: TEACHER_TAP / STUDENT_TAP ((B, C, H, W) maps), LOSS_WEIGHT, FG_MASK. Term: kd_fitnet."""
+    KEYS = ("TEACHER_TAP", "STUDENT_TAP", "LOSS_WEIGHT", "FG_MASK")
 
     @staticmethod
     def tap_requests(cfg):

@@ -40,6 +40,9 @@ class ITKDHead(KDHead):
     Terms: kd_itkd_t2s, kd_itkd_s2t, kd_itkd_cr (each * AE.WEIGHT), kd_itkd_center_mse (optional),
     kd_itkd_attn (* ATTN.WEIGHT).
     """
+    KEYS = ("TEACHER_TAP", "STUDENT_TAP", "AE", "ATTN")
+    SUB_KEYS = {"AE": ("WEIGHT", "ENCODER_WIDTHS", "FG_MASK", "CENTER_MSE_WEIGHT"),
+                "ATTN": ("ENABLED", "WEIGHT", "TEACHER_TAP", "STUDENT_TAP", "RELATION_WEIGHT", "NORMALIZE_FUSION")}
 
     @staticmethod
     def tap_requests(cfg):

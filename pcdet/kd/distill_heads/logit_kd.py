@@ -21,6 +21,7 @@ class LogitKDHead(KDHead):
     ('anchor': sigmoid soft targets with TEMPERATURE and LOSS_TYPE kl|bce|mse; 'heatmap': teacher sigmoid heatmap
     target with LOSS_TYPE focal|mse and GAMMA), LOSS_WEIGHT. Averaged over the taps (task groups). Term: kd_logitkd.
     """
+    KEYS = ("TEACHER_TAP", "STUDENT_TAP", "TYPE", "LOSS_WEIGHT", "LOSS_TYPE", "TEMPERATURE", "GAMMA")
 
     @staticmethod
     def tap_requests(cfg):

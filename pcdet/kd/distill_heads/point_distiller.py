@@ -49,6 +49,8 @@ class PointDistillerHead(KDHead):
     EDGE_MODE ('concat' = [F(j); F(i)] or 'diff' = [F(j) - F(i); F(i)]), IMPORTANCE ('auto': raw point counts per
     voxel for (V, C) rows, teacher channel max otherwise; 'points'; 'teacher_max'). Term: kd_pointdistiller.
     """
+    KEYS = ("TEACHER_TAP", "STUDENT_TAP", "NUM_KEEP", "K", "TAU", "LOSS_WEIGHT", "GRAPH_CHANNELS", "EDGE_MODE",
+            "IMPORTANCE")
 
     @staticmethod
     def tap_requests(cfg):

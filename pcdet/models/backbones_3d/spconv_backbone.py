@@ -97,7 +97,7 @@ class VoxelBackBone8x(nn.Module):
         voxel_features, voxel_coords = batch_dict[VOXEL_FEATURES], batch_dict[VOXEL_COORDS]
         input_sp_tensor = spconv.SparseConvTensor(
             features=voxel_features,
-            indices=voxel_coords.int(),
+            indices=voxel_coords.int().contiguous(),  # spconv reads row-major indices
             spatial_shape=self.sparse_shape,
             batch_size=batch_dict[BATCH_SIZE],
         )

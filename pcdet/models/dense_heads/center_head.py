@@ -226,7 +226,12 @@ class CenterHead(nn.Module):
         device = gt_boxes.device
         # The per-object Gaussian splatting is a short Python loop: run it on the CPU copy.
         gt_cpu = gt_boxes.detach().cpu()
-        global_cls = gt_cpu[..., -1].long().clamp(min=0, max=self.num_class)
+        global_cls = gt_cpu[..., -1].long()
+        if global_cls.numel() and (global_cls.min() < 0 or global_cls.max() > self.num_class):
+            raise ValueError(
+                f"CenterHead: gt_boxes class ids must lie in [0, {self.num_class}] (0 = padding), got "
+                f"[{global_cls.min().item()}, {global_cls.max().item()}]"
+            )
         ret = {"heatmaps": [], "target_boxes": [], "inds": [], "masks": []}
         for mapping in self.class_id_mapping_each_head:
             to_local = torch.zeros(self.num_class + 1, dtype=torch.long)
