@@ -78,9 +78,10 @@ def _count_in_box(points, box):
     return int(np.sum((np.abs(u) <= box[3] / 2) & (np.abs(v) <= box[4] / 2) & (np.abs(d[:, 2]) <= box[5] / 2)))
 
 
-def test_same_seed_byte_identical_across_workers_and_seed_matters(tmp_path):
+def test_same_seed_byte_identical_across_workers_and_reruns_and_seed_matters(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     generate_dataset(str(a), 2, seed=11, num_test_frames=1, workers=0)
+    generate_dataset(str(b), 3, seed=11, num_test_frames=2, workers=0)
     generate_dataset(str(b), 2, seed=11, num_test_frames=1, workers=2)
     generate_dataset(str(c), 2, seed=12, num_test_frames=1, workers=0)
     ha, hb, hc = _tree_hashes(a), _tree_hashes(b), _tree_hashes(c)

@@ -199,7 +199,7 @@ def test_pointdistiller_loss_matches_formula_by_hand():
 
     def graph(layer, f):
         e = torch.cat([f[idx] - f[query][:, None], f[query][:, None].expand(-1, 2, -1)], dim=-1)
-        return torch.relu(e @ layer.conv.weight[:, :, 0, 0].t() * bn_scale)
+        return torch.relu(e @ layer.conv.weight.t() * bn_scale)
 
     phi = torch.cat([2 * torch.softmax(counts[[2, 4]] / 0.5, 0), 2 * torch.softmax(counts[[7, 9]] / 0.5, 0)])
     err = (graph(head.graph_t, f_t) - graph(head.graph_s, f_s)) ** 2 * phi[:, None, None]

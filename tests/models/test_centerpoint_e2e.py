@@ -129,3 +129,54 @@ def test_centerpoint_trains_and_predicts(cfg_name, width):
             assert (pred["pred_scores"] > cfg.MODEL.DENSE_HEAD.POST_PROCESSING.SCORE_THRESH).all()
     assert recall_dict["gt"] == 3
     assert batch[K.FINAL_BOX_DICTS] is pred_dicts
+
+
+def test_voxel_res_backbone_shapes_and_cpu_eval_bias():
+    from pcdet.models.backbones_3d.spconv_backbone_res import VoxelResBackBone8x, _conv_bias_after
+    from pcdet.utils.spconv_utils import spconv
+
+    torch.manual_seed(0)
+    grid = np.array([64, 48, 40])
+    backbone = VoxelResBackBone8x(model_cfg={}, input_channels=4, grid_size=grid, width=0.5)
+    assert backbone.num_point_features == 64
+    assert backbone.backbone_channels == {"x_conv1": 8, "x_conv2": 16, "x_conv3": 32, "x_conv4": 64}
+    rng = np.random.default_rng(0)
+    coords = np.unique(np.stack([rng.integers(0, 2, 300), rng.integers(0, 40, 300), rng.integers(0, 48, 300),
+                                 rng.integers(0, 64, 300)], 1), axis=0)
+    batch = {K.VOXEL_FEATURES: torch.randn(len(coords), 4), K.VOXEL_COORDS: torch.from_numpy(coords).int(),
+             K.BATCH_SIZE: 2}
+    out = backbone.eval()(batch)
+    assert out[K.ENCODED_SPCONV_TENSOR].dense().shape == (2, 64, 2, 6, 8)  # 41 z planes -> 2; 48 x 64 -> 6 x 8
+    assert out[K.ENCODED_SPCONV_TENSOR_STRIDE] == 8
+    assert set(out[K.MULTI_SCALE_3D_FEATURES]) == {"x_conv1", "x_conv2", "x_conv3", "x_conv4"}
+
+    # inference with a biased sparse conv on CPU: same as the bias-free conv plus the bias
+    conv = backbone.conv1[0].conv1
+    x = spconv.SparseConvTensor(torch.randn(len(coords), 8), torch.from_numpy(coords).int(), [41, 48, 64], 2)
+    with torch.no_grad():
+        conv.bias.copy_(torch.arange(8, dtype=torch.float32))
+        with_bias = _conv_bias_after(conv, x).features
+        conv.bias.zero_()
+        without = _conv_bias_after(conv, x).features
+    assert torch.allclose(with_bias, without + torch.arange(8, dtype=torch.float32), atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg_rel,grid,head_map", [
+    ("kitti_models/centerpoint.yaml", [1408, 1600, 40], (200, 176)),
+    ("kitti_models/centerpoint_pillar.yaml", [432, 496, 1], (248, 216)),
+    ("synthetic_models/centerpoint.yaml", [640, 800, 40], (100, 80)),
+    ("synthetic_models/centerpoint_pillar.yaml", [160, 200, 1], (100, 80)),
+])
+def test_kitti_and_synthetic_configs_build(cfg_rel, grid, head_map):
+    cfg = cfg_from_yaml_file(CFGS / cfg_rel)
+    dataset = fake_dataset(cfg)
+    assert dataset.grid_size.tolist() == grid
+    model = build_network(cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=dataset)
+    head = model.dense_head
+    assert head.class_names_each_head == [["Car", "Pedestrian", "Cyclist"]]
+    stride = head.feature_map_stride
+    assert (grid[1] // stride, grid[0] // stride) == head_map
+    # the BEV backbone's output stride agrees with FEATURE_MAP_STRIDE
+    bev_stride = 8 if model.backbone_3d is not None else 1
+    strides = cfg.MODEL.BACKBONE_2D.LAYER_STRIDES
+    assert bev_stride * strides[0] // cfg.MODEL.BACKBONE_2D.UPSAMPLE_STRIDES[0] == stride

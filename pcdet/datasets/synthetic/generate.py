@@ -8,7 +8,8 @@ Layout written under ``--out`` (the KITTI object layout, without images):
     training/velodyne/%06d.bin      float32 (N, 4) x, y, z, intensity in the LiDAR frame
     training/label_2/%06d.txt       KITTI label lines (see kitti_writer), camera-FOV objects only
     training/calib/%06d.txt         P0..P3, R0_rect, Tr_velo_to_cam, Tr_imu_to_velo
-    training/synth_meta/%06d.json   generator facts per label line (points in box, ray counts, LiDAR box)
+    training/synth_meta/%06d.json   per label line: num_points_in_box (-1 for DontCare), num_hits, rays_alone,
+                                    rays_hit, lidar_box; plus the road/ground parameters and point count
     testing/velodyne, testing/calib (T frames, no labels; T defaults to num_frames // 10)
     README.txt, synthetic_meta.json generator version, seed, preset, frame counts, image shape (375, 1242)
 
@@ -188,6 +189,7 @@ def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, pr
 
 
 def parse_args(argv=None):
+    """CLI arguments (see the module docstring)."""
     parser = argparse.ArgumentParser(description="Generate the synthetic KITTI-format LiDAR dataset.")
     parser.add_argument("--out", required=True, help="output root folder")
     parser.add_argument("--num_frames", type=int, required=True, help="training/ frames")
@@ -201,6 +203,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """CLI entry: generate the dataset and print synthetic_meta.json."""
     args = parse_args(argv)
     meta = generate_dataset(args.out, args.num_frames, args.seed, val_fraction=args.val_fraction,
                             workers=args.workers, preset=args.preset, num_test_frames=args.num_test_frames)

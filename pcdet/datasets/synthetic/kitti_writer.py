@@ -86,6 +86,7 @@ class LabelRecord:
 
 
 def format_label(cls, truncation, occluded, alpha, bbox, hwl, loc, ry):
+    """One KITTI label line: bbox (4,) pixels, hwl (3,) metres, loc (3,) rectified camera bottom centre."""
     return (f"{cls} {truncation:.2f} {occluded:d} {alpha:.2f} {bbox[0]:.2f} {bbox[1]:.2f} {bbox[2]:.2f} "
             f"{bbox[3]:.2f} {hwl[0]:.2f} {hwl[1]:.2f} {hwl[2]:.2f} {loc[0]:.2f} {loc[1]:.2f} {loc[2]:.2f} {ry:.2f}")
 

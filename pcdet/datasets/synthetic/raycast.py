@@ -10,7 +10,10 @@ Ground parameters: float64 ``(GROUND_LEN,)`` named by the ``G_*`` constants; the
 ``[v_lo, v_hi]``) and that plane raised by the curb height elsewhere (sidewalks), with vertical curb faces between.
 
 Every ray starts at the sensor origin. Culling: primitives are binned by azimuth interval (CSR arrays) and carry an
-elevation interval, so a ray only tests the primitives of its azimuth bin whose elevation interval contains it.
+elevation interval, so a ray only tests the primitives of its azimuth bin whose elevation interval contains it;
+within a bin primitives are sorted by a lower bound of their horizontal distance, and the search stops at the
+ground hit (or max range). It does not stop at the first object hit, because the occlusion counts need every
+object the ray would reach with only the ground present.
 """
 import math
 

@@ -61,6 +61,7 @@ PRESETS = {
 
 
 def get_preset(name):
+    """Preset by name ('default' or 'hard'); unknown names raise with the valid choices."""
     if name not in PRESETS:
         raise ValueError(f"scene.get_preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
@@ -106,6 +107,9 @@ def _ell(x, y, zc, r, rz, mat):
 
 
 def car_parts(l, w, h, rng):
+    """Primitive rows (object frame: origin at the bottom centre, x forward) of a car of geometry l x w x h:
+    four wheels, a body up to the belt line and a narrower glass cabin with a roof (length/position random).
+    The part builders below share this contract: rows ``(type, x, y, z_centre, hx, hy, hz, material)``."""
     clear = 0.17 * h
     belt = rng.uniform(0.48, 0.56) * h
     cab_len = rng.uniform(0.45, 0.6) * l
@@ -121,6 +125,7 @@ def car_parts(l, w, h, rng):
 
 
 def van_parts(l, w, h, rng):
+    """Van: tall box body, low hood in front, windscreen, four wheels."""
     clear = 0.14 * h
     hood = rng.uniform(0.12, 0.2) * l
     rw = 0.15 * h
@@ -135,6 +140,7 @@ def van_parts(l, w, h, rng):
 
 
 def truck_parts(l, w, h, rng):
+    """Truck: cab in front, separate cargo box behind, six wheels."""
     cab = rng.uniform(0.18, 0.25) * l
     rw = 0.5
     parts = [_b(0.5 * l - 0.5 * cab, 0.0, 0.35, 0.85 * h, 0.5 * cab, 0.5 * w, "car_paint"),
@@ -146,6 +152,7 @@ def truck_parts(l, w, h, rng):
 
 
 def pedestrian_parts(l, w, h, rng):
+    """Pedestrian: two legs and two arms at a random walking phase, torso, ellipsoid head."""
     stride = 0.3 * l * rng.uniform(-1.0, 1.0)
     torso_hy = min(0.2, 0.5 * w - 0.06)
     hip = 0.47 * h
@@ -160,6 +167,7 @@ def pedestrian_parts(l, w, h, rng):
 
 
 def cyclist_parts(l, w, h, rng):
+    """Cyclist: two thin wheels, frame, handlebar; rider with legs, torso, arms to the bar and head."""
     s = h / 1.73
     rw = min(0.34, 0.19 * l)
     wx = 0.5 * l - rw
@@ -189,6 +197,7 @@ SIZE_STATS = {
 
 
 def sample_dims(cls, rng):
+    """(l, w, h) metres of a labelled class from SIZE_STATS (clipped normal)."""
     return tuple(float(np.clip(rng.normal(m, s), lo, hi)) for m, s, lo, hi in SIZE_STATS[cls])
 
 
@@ -363,7 +372,8 @@ def _add_clutter(builder, placer, road, rng, preset):
 
 
 def _lane_pose(road, rng, cls, w):
-    """(u-independent) lateral position and heading of a road user."""
+    """Lateral road coordinate v and heading of a road user: driving in a lane, parked at the kerb, or (cars
+    only) at a random heading anywhere on the road."""
     theta = road["theta"]
     mode = rng.random()
     parked_share = {"Car": 0.35, "Van": 0.6, "Truck": 0.4, "Cyclist": 0.0}[cls]

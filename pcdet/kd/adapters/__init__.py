@@ -34,21 +34,26 @@ class ConvStack(nn.Sequential):
 
 
 class GraphLayer(nn.Module):
-    """Edge-feature layer of PointDistiller: 1x1 conv + BatchNorm + ReLU over (Q, K, 2C) edges -> (Q, K, C')."""
+    """Edge-feature layer of PointDistiller: 1x1 conv + BatchNorm + ReLU over (Q, K, 2C) edges -> (Q, K, C').
+
+    The 1x1 conv is applied as a bias-free linear map on the flattened (Q*K, c_in) edges and BatchNorm1d
+    normalises over all Q*K edges (the same statistics as BatchNorm2d over a (1, C, Q, K) map), which avoids the
+    slow strided conv path on CPU.
+    """
 
     def __init__(self, c_in, c_out):
         super().__init__()
         self.c_in = int(c_in)
-        self.conv = nn.Conv2d(self.c_in, int(c_out), kernel_size=1, bias=False)
-        self.bn = nn.BatchNorm2d(int(c_out))
+        self.conv = nn.Linear(self.c_in, int(c_out), bias=False)
+        self.bn = nn.BatchNorm1d(int(c_out))
 
     def forward(self, edges):
         """edges (Q, K, c_in) -> (Q, K, c_out)."""
         if edges.dim() != 3 or edges.shape[-1] != self.c_in:
             raise ValueError(f"GraphLayer: expected edges (Q, K, {self.c_in}), got {tuple(edges.shape)}")
-        x = edges.permute(2, 0, 1).unsqueeze(0)  # (1, c_in, Q, K)
-        x = F.relu(self.bn(self.conv(x)))
-        return x.squeeze(0).permute(1, 2, 0)
+        q, k, _ = edges.shape
+        x = self.bn(self.conv(edges.reshape(q * k, self.c_in)))
+        return F.relu(x).view(q, k, -1)
 
 
 class NormalizedConv1x1(nn.Module):

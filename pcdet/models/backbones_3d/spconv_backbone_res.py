@@ -13,17 +13,14 @@ from ..model_utils.width import module_width, scaled
 from . import BACKBONES_3D
 
 
-def _sparse_conv_block(in_channels, out_channels, kernel_size, norm_fn, stride=1, padding=0, indice_key=None,
-                       conv_type="subm"):
-    """Conv (no bias) -> norm -> ReLU as a ``SparseSequential`` (keys ``0.weight``, ``1.*``)."""
-    if conv_type == "subm":
-        conv = spconv.SubMConv3d(in_channels, out_channels, kernel_size, bias=False, indice_key=indice_key)
-    elif conv_type == "spconv":
-        conv = spconv.SparseConv3d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                                   bias=False, indice_key=indice_key)
-    else:
-        raise ValueError(f"_sparse_conv_block: unknown conv_type '{conv_type}' (subm, spconv)")
-    return spconv.SparseSequential(conv, norm_fn(out_channels), nn.ReLU())
+def _down_block(in_channels, out_channels, norm_fn, padding, indice_key):
+    """Stride-2 3x3x3 sparse conv (no bias) -> norm -> ReLU as a ``SparseSequential`` (keys ``0.weight``, ``1.*``)."""
+    return spconv.SparseSequential(
+        spconv.SparseConv3d(in_channels, out_channels, 3, stride=2, padding=padding, bias=False,
+                            indice_key=indice_key),
+        norm_fn(out_channels),
+        nn.ReLU(),
+    )
 
 
 def _conv_bias_after(conv, x):
@@ -122,18 +119,17 @@ class VoxelResBackBone8x(nn.Module):
             SparseBasicBlock(c1, c1, norm_fn=norm_fn, indice_key="res1"),
         )
         self.conv2 = spconv.SparseSequential(
-            _sparse_conv_block(c1, c2, 3, norm_fn, stride=2, padding=1, indice_key="spconv2", conv_type="spconv"),
+            _down_block(c1, c2, norm_fn, padding=1, indice_key="spconv2"),
             SparseBasicBlock(c2, c2, norm_fn=norm_fn, indice_key="res2"),
             SparseBasicBlock(c2, c2, norm_fn=norm_fn, indice_key="res2"),
         )
         self.conv3 = spconv.SparseSequential(
-            _sparse_conv_block(c2, c3, 3, norm_fn, stride=2, padding=1, indice_key="spconv3", conv_type="spconv"),
+            _down_block(c2, c3, norm_fn, padding=1, indice_key="spconv3"),
             SparseBasicBlock(c3, c3, norm_fn=norm_fn, indice_key="res3"),
             SparseBasicBlock(c3, c3, norm_fn=norm_fn, indice_key="res3"),
         )
         self.conv4 = spconv.SparseSequential(
-            _sparse_conv_block(c3, c4, 3, norm_fn, stride=2, padding=(0, 1, 1), indice_key="spconv4",
-                               conv_type="spconv"),
+            _down_block(c3, c4, norm_fn, padding=(0, 1, 1), indice_key="spconv4"),
             SparseBasicBlock(c4, c4, norm_fn=norm_fn, indice_key="res4"),
             SparseBasicBlock(c4, c4, norm_fn=norm_fn, indice_key="res4"),
         )

@@ -13,9 +13,10 @@ Config (``MODEL.DENSE_HEAD``), OpenPCDet keys:
         window of the peak extraction before top-K, default 3; 1 decodes every pixel as OpenPCDet does),
         NMS_CONFIG (NMS_TYPE, NMS_THRESH, NMS_PRE_MAXSIZE, NMS_POST_MAXSIZE).
         NMS_TYPE: ``nms_gpu`` / ``nms_normal_gpu`` (or without ``_gpu``): class-agnostic NMS per task group;
-        ``class_specific_nms``: rotated NMS per class, where NMS_THRESH / NMS_PRE_MAXSIZE / NMS_POST_MAXSIZE
-        may be lists indexed like ``CLASS_NAMES``; ``circle_nms``: greedy suppression by BEV centre distance with
-        NMS_THRESH a radius in metres (scalar or one per task group).
+        ``class_specific_nms``: NMS per class (``NMS_TYPE_PER_CLASS``, default ``nms_gpu``), where NMS_THRESH /
+        NMS_PRE_MAXSIZE / NMS_POST_MAXSIZE may be lists indexed like ``CLASS_NAMES``; ``circle_nms``: greedy
+        suppression by BEV centre distance with NMS_THRESH a radius in metres (scalar or one per task group).
+    WIDTH (optional): channel multiplier of ``shared_conv`` and the branches, overriding ``MODEL.WIDTH``.
 """
 import copy
 
