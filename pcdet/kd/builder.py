@@ -28,7 +28,7 @@ def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, examp
     if "KD" not in cfg:
         raise KeyError("build_distiller: the config has no KD block")
     teacher_cfg, teacher_cfg_path = load_teacher_cfg(cfg, cfg_file)
-    teacher_view = prepare_kd_dataset(teacher_cfg, dataset, logger)
+    teacher_view = prepare_kd_dataset(cfg, dataset, logger, teacher_cfg=teacher_cfg)
     ckpt = teacher_ckpt or cfg.KD.TEACHER.get("CKPT")
     teacher = build_teacher(teacher_cfg, teacher_cfg_path, ckpt, teacher_view, logger)
     device = _model_device(student)

@@ -92,3 +92,33 @@ def export_student_checkpoint(cfg, ckpt_path, out_path, logger=None):
         logger.info(f"exported {len(student_state)} student tensors (dropped {len(state) - len(student_state)} "
                     f"distillation tensors) from {ckpt_path} to {out_path}")
     return out_path
+
+
+def load_distiller_state(distiller, filename, optimizer=None, logger=None):
+    """Resume KD training: strictly load student + kd_heads (and the optimizer state when given and present).
+
+    Returns (it, epoch) stored in the checkpoint (0 and -1 when absent). Raises CheckpointMismatchError listing
+    missing / unexpected / mis-shaped keys.
+    """
+    from ..models.detectors.detector3d_template import CheckpointMismatchError, read_checkpoint
+
+    state, checkpoint = read_checkpoint(filename)
+    if state and all(k.startswith(DDP_PREFIX) for k in state):
+        state = {k[len(DDP_PREFIX):]: v for k, v in state.items()}
+    own = distiller.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        lines = [f"{filename}: checkpoint does not match the distiller ({len(missing)} missing, {len(unexpected)} "
+                 f"unexpected, {len(mismatched)} shape mismatches)"]
+        lines += [f"  missing key: {k}" for k in missing] + [f"  unexpected key: {k}" for k in unexpected]
+        lines += [f"  shape mismatch: {k}: checkpoint {c} vs model {m}" for k, c, m in mismatched]
+        raise CheckpointMismatchError("\n".join(lines))
+    distiller.load_state_dict(state, strict=True)
+    if optimizer is not None and checkpoint.get("optimizer_state") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+    if logger is not None:
+        logger.info(f"==> Resumed KD training from {filename} (epoch {checkpoint.get('epoch', -1)})")
+    return checkpoint.get("it", 0), checkpoint.get("epoch", -1)

@@ -3,6 +3,7 @@
 ``Distiller.forward`` in training returns ``({'loss'}, tb_dict, disp_dict)`` like a detector, with
 loss = DET_LOSS_WEIGHT * det_loss + sum of the heads' weighted kd_* terms; in eval it is the student.
 """
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -23,7 +24,6 @@ def _shape_of(value):
 def grid_info(model, model_cfg, class_names):
     """GridInfo of a built detector (its dataset view carries the grid)."""
     ds = model.dataset
-    import numpy as np
     return GridInfo(np.asarray(ds.point_cloud_range, dtype=np.float32), np.asarray(ds.voxel_size, dtype=np.float32),
                     list(class_names), model_cfg)
 
@@ -132,6 +132,16 @@ class Distiller(nn.Module):
 
     def update_global_step(self):
         self.student.update_global_step()
+
+    def load_params_from_file(self, filename, logger, to_cpu=False):
+        """Initialise the student from a plain or KD checkpoint (``--pretrained_model``); heads are untouched."""
+        from .checkpoint import load_student_weights
+        load_student_weights(self.student, filename, logger)
+
+    def load_params_with_optimizer(self, filename, to_cpu=False, optimizer=None, logger=None):
+        """Resume KD training (student + kd_heads + optimizer), strict. Returns (it, epoch)."""
+        from .checkpoint import load_distiller_state
+        return load_distiller_state(self, filename, optimizer, logger)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch_dict):

@@ -5,24 +5,27 @@ its outputs travel in ``batch_dict['kd_teacher_inputs']``.
 """
 import numpy as np
 
-from ..models.batch_keys import KD_TEACHER_INPUTS
 from ..config import cfg_to_dict
-from .teacher import GeometryView, TeacherError
+from ..models.batch_keys import KD_TEACHER_INPUTS
+from .teacher import GeometryView, TeacherError, load_teacher_cfg
 
 
-def prepare_kd_dataset(teacher_cfg, dataset, logger=None):
+def prepare_kd_dataset(cfg, dataset, logger=None, teacher_cfg=None, cfg_file=None):
     """Return the dataset as the teacher sees it (``dataset`` itself or a GeometryView) after registering the
     teacher side processor on ``dataset`` if the teacher's POINT_CLOUD_RANGE or DATA_PROCESSOR differ.
 
+    ``cfg``: the KD config (its KD.TEACHER.CFG_FILE is loaded unless ``teacher_cfg`` is given).
     Idempotent: an already registered side processor is reused.
     """
-    tdata = teacher_cfg.DATA_CONFIG
-    if cfg_to_dict(tdata.get("POINT_FEATURE_ENCODING")) != cfg_to_dict(dataset.dataset_cfg.get("POINT_FEATURE_ENCODING")):
+    if teacher_cfg is None:
+        teacher_cfg, _ = load_teacher_cfg(cfg, cfg_file)
+    tdata, sdata = teacher_cfg.DATA_CONFIG, dataset.dataset_cfg
+    if cfg_to_dict(tdata.get("POINT_FEATURE_ENCODING")) != cfg_to_dict(sdata.get("POINT_FEATURE_ENCODING")):
         raise TeacherError("KD: teacher and student POINT_FEATURE_ENCODING differ; both networks must read the same "
                            "point features")
     t_range = np.asarray(tdata.POINT_CLOUD_RANGE, dtype=np.float32)
     same_range = np.allclose(t_range, dataset.point_cloud_range)
-    same_proc = cfg_to_dict(tdata.get("DATA_PROCESSOR", [])) == cfg_to_dict(dataset.dataset_cfg.get("DATA_PROCESSOR", []))
+    same_proc = cfg_to_dict(tdata.get("DATA_PROCESSOR", [])) == cfg_to_dict(sdata.get("DATA_PROCESSOR", []))
     if same_range and same_proc:
         return dataset
     side = getattr(dataset, "side_processors", {}).get(KD_TEACHER_INPUTS)

@@ -28,6 +28,7 @@ VOXEL_FEATURES = "voxel_features"      # (V, C) MeanVFE output
 ENCODED_SPCONV_TENSOR = "encoded_spconv_tensor"              # spconv.SparseConvTensor, 3D backbone output
 ENCODED_SPCONV_TENSOR_STRIDE = "encoded_spconv_tensor_stride"  # int
 MULTI_SCALE_3D_FEATURES = "multi_scale_3d_features"        # dict name -> SparseConvTensor
+MULTI_SCALE_3D_STRIDES = "multi_scale_3d_strides"          # dict name -> int stride of that stage
 SPATIAL_FEATURES = "spatial_features"  # (B, C, H, W) BEV map from map_to_bev
 SPATIAL_FEATURES_STRIDE = "spatial_features_stride"        # int
 SPATIAL_FEATURES_2D = "spatial_features_2d"  # (B, C, H, W) 2D backbone / neck output, dense-head input

@@ -89,3 +89,18 @@ def test_export_tool_round_trip_loads_into_plain_student_config(trained, tmp_pat
     student.load_params_from_file(str(out), logger=None, to_cpu=True)
     for k, v in distiller.student.state_dict().items():
         assert torch.equal(student.state_dict()[k], v), k
+
+
+def test_resume_restores_student_heads_and_optimizer(trained):
+    tmp, cfg, kd_path, dataset, distiller, path = trained
+    _, _, _, _, fresh, _ = S.build_setup(tmp / "resume")
+    opt = torch.optim.SGD(fresh.parameters(), lr=1e-3)
+    it, epoch = fresh.load_params_with_optimizer(str(path), optimizer=opt)
+    assert (it, epoch) == (1, 1)
+    for k, v in distiller.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    state = torch.load(path, weights_only=True)
+    state["model_state"].pop("kd_heads.itkd.adapter.weight")
+    torch.save(state, tmp / "no_head.pth")
+    with pytest.raises(CheckpointMismatchError, match="missing key: kd_heads.itkd.adapter.weight"):
+        fresh.load_params_with_optimizer(str(tmp / "no_head.pth"))

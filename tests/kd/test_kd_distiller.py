@@ -28,6 +28,7 @@ def test_teacher_frozen_outside_module_tree_and_unchanged_by_training(setup):
     for step in range(3):
         distiller.train()
         student.train()  # the student (or a trainer) switching to train must not reach the teacher
+        teacher.train()  # even a direct call is undone before the teacher runs
         opt.zero_grad()
         ret, tb, _ = distiller(S.make_batch(dataset, 2, start=step))
         ret["loss"].backward()
@@ -39,6 +40,10 @@ def test_teacher_frozen_outside_module_tree_and_unchanged_by_training(setup):
     changed = [k for k, v in student.state_dict().items() if not torch.equal(v, s_before[k])]
     assert any("backbone_2d" in k for k in changed)
     assert _hook_count(teacher) == 0 and _hook_count(student) == 0
+    distiller.double()  # .to() / .double() of the distiller reach the teacher held outside the module tree
+    assert next(teacher.parameters()).dtype == torch.float64
+    distiller.float()
+    assert next(teacher.parameters()).dtype == torch.float32 and not teacher.training
 
 
 def test_total_loss_is_weighted_sum_and_gradients_reach_student_and_heads(setup):

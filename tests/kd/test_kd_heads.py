@@ -201,6 +201,12 @@ def test_pointdistiller_loss_matches_formula_by_hand():
         e = torch.cat([f[idx] - f[query][:, None], f[query][:, None].expand(-1, 2, -1)], dim=-1)
         return torch.relu(e @ layer.conv.weight.t() * bn_scale)
 
+    from pcdet.ops.knn import edge_features
+    for layer, f in ((head.graph_t, f_t), (head.graph_s, f_s)):
+        fast = layer(f, query, idx, "diff")
+        assert torch.allclose(fast, graph(layer, f), atol=1e-5)
+        assert torch.allclose(fast, layer.forward_edges(edge_features(f, query, idx, mode="diff")), atol=1e-5)
+
     phi = torch.cat([2 * torch.softmax(counts[[2, 4]] / 0.5, 0), 2 * torch.softmax(counts[[7, 9]] / 0.5, 0)])
     err = (graph(head.graph_t, f_t) - graph(head.graph_s, f_s)) ** 2 * phi[:, None, None]
     assert torch.isclose(loss, 2.0 * err.mean(), rtol=1e-5)
@@ -208,7 +214,6 @@ def test_pointdistiller_loss_matches_formula_by_hand():
 
 def test_pointdistiller_bev_mode_uses_teacher_max_and_config_checks():
     head = _pd(6, 3, NUM_KEEP=4, K=3)
-    head.taps_shape = None
     f_t = torch.randn(2, 6, 3, 3)
     f_s = torch.randn(2, 3, 3, 3, requires_grad=True)
     loss = head({"feature": ([f_t], [f_s])}, {})["kd_pointdistiller"]
@@ -236,3 +241,19 @@ def test_fitnet_hand_value_and_logit_kd_zero_when_equal():
                                             "TYPE": "heatmap", "LOSS_WEIGHT": 1.0}), ctx)
     assert abs(lkd({"logits": (heads, heads)}, {})["kd_logitkd"].item()) < 1e-7
     assert lkd({"logits": (heads, _heads_out(2, 9))}, {})["kd_logitkd"].item() > 0
+
+
+def test_pointdistiller_sparse_voxel_rows_align_and_stay_in_scan():
+    import spconv.pytorch as spconv
+    head = _pd(6, 3, NUM_KEEP=2, K=3)
+    indices = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0], [1, 0, 0, 0], [1, 0, 1, 1]], dtype=torch.int32)
+    f_t = torch.randn(5, 6)
+    f_s = torch.randn(5, 3, requires_grad=True)
+    sp_t = spconv.SparseConvTensor(f_t, indices, [2, 2, 2], 2)
+    sp_s = spconv.SparseConvTensor(f_s, indices, [2, 2, 2], 2)
+    loss = head({"feature": ([sp_t], [sp_s])}, {})["kd_pointdistiller"]
+    loss.backward()
+    assert f_s.grad.abs().sum() > 0
+    other = spconv.SparseConvTensor(f_s.detach(), indices.flip(0), [2, 2, 2], 2)
+    with pytest.raises(ValueError, match="different active voxels"):
+        head({"feature": ([sp_t], [other])}, {})

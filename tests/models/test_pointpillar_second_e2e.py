@@ -106,3 +106,58 @@ def test_train_and_predict(name):
             assert pred["pred_scores"].min() >= cfg.MODEL.POST_PROCESSING.SCORE_THRESH
     assert recall_dict["gt"] == 3
     assert set(recall_dict) == {"gt"} | {f"{p}_{t}" for p in ("roi", "rcnn") for t in (0.3, 0.5, 0.7)}
+
+
+def test_build_time_batch_key_check_names_module_and_key():
+    cfg = cfg_from_yaml_file(REPO / "tools" / "cfgs" / "synthetic_models" / "pointpillar.yaml")
+    del cfg.MODEL["MAP_TO_BEV"]  # nothing writes spatial_features for the BEV backbone
+    with pytest.raises(KeyError, match=r"module 'backbone_2d' \(BaseBEVBackbone\) requires batch_dict keys "
+                                       r"\['spatial_features'\]"):
+        build_network(cfg.MODEL, num_class=3, dataset=fake_dataset(CASES["pointpillar"][0]))
+
+
+def test_load_data_to_device_converts_recursively():
+    batch = make_batch(*CASES["pointpillar"])
+    batch["voxels"] = batch["voxels"].astype(np.float64)
+    batch["image_shape"] = np.array([[375, 1242], [375, 1242]])
+    batch["kd_teacher_inputs"] = {"voxel_coords": batch["voxel_coords"].copy(), "frame_id": batch["frame_id"]}
+    out = load_data_to_device(batch, "cpu")
+    assert out["voxels"].dtype == torch.float32
+    assert out["voxel_coords"].dtype == torch.int32
+    assert out["gt_boxes"].shape == (2, 2, 8)
+    assert isinstance(out["frame_id"], np.ndarray) and isinstance(out["image_shape"], np.ndarray)
+    assert out["batch_size"] == 2
+    assert torch.is_tensor(out["kd_teacher_inputs"]["voxel_coords"])
+    assert isinstance(out["kd_teacher_inputs"]["frame_id"], np.ndarray)
+
+
+def test_pillar_vfe_point_features_and_scatter_positions():
+    from easydict import EasyDict
+    from pcdet.models.backbones_2d.map_to_bev.pointpillar_scatter import PointPillarScatter
+    from pcdet.models.backbones_3d.vfe.pillar_vfe import PillarVFE
+
+    cfg = EasyDict(NAME="PillarVFE", WITH_DISTANCE=False, USE_ABSLOTE_XYZ=True, USE_NORM=True, NUM_FILTERS=[8])
+    vfe = PillarVFE(cfg, num_point_features=4, voxel_size=[0.5, 0.5, 4.0], point_cloud_range=PC_RANGE).eval()
+    voxels = torch.zeros(2, 3, 4)
+    voxels[0, :2] = torch.tensor([[1.1, -4.9, -1.0, 0.5], [1.3, -4.7, 0.0, 0.1]])  # pillar x=2, y=0
+    voxels[1, :1] = torch.tensor([[0.2, 0.3, -2.0, 0.9]])                         # pillar x=0, y=10, batch 1
+    coords = torch.tensor([[0, 0, 0, 2], [1, 0, 10, 0]], dtype=torch.int32)
+    seen = {}
+    vfe.pfn_layers[0].linear.register_forward_pre_hook(lambda m, i: seen.update({"in": i[0].clone()}))
+    batch = vfe({"voxels": voxels, "voxel_num_points": torch.tensor([2, 1]), "voxel_coords": coords})
+    feats = seen["in"]
+    assert feats.shape == (2, 3, 10)
+    # [x, y, z, i, x - mean, y - mean, z - mean, x - centre_x, y - centre_y, z - centre_z]; pillar (2, 0) has its
+    # centre at (0 + 2.5 * 0.5, -5.12 + 0.25, -3 + 2)
+    torch.testing.assert_close(feats[0, 0], torch.tensor([1.1, -4.9, -1.0, 0.5, -0.1, -0.1, -0.5, -0.15, -0.03, 0.0]))
+    assert torch.equal(feats[0, 2], torch.zeros(10))  # padded slot masked
+    assert batch["pillar_features"].shape == (2, 8)
+
+    scatter = PointPillarScatter(EasyDict(NAME="PointPillarScatter", NUM_BEV_FEATURES=8), grid_size=[30, 20, 1],
+                                 num_point_features=8)
+    batch["batch_size"] = 2
+    spatial = scatter(batch)["spatial_features"]
+    assert spatial.shape == (2, 8, 20, 30)
+    torch.testing.assert_close(spatial[0, :, 0, 2], batch["pillar_features"][0])
+    torch.testing.assert_close(spatial[1, :, 10, 0], batch["pillar_features"][1])
+    assert int((spatial.abs().sum(1) > 0).sum()) <= 2

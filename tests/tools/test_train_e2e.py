@@ -2,6 +2,7 @@
 
 Slow (marked ``slow``): each test runs the tools as a user would, from ``tools/``.
 """
+import json
 import pickle
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,17 +50,27 @@ def _set(data_root):
     return ["--set", "DATA_CONFIG.DATA_PATH", str(data_root)]
 
 
-def test_train_two_iterations_then_test(tmp_path, data_root):
-    out = tmp_path / "output"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("train") / "output"
     _run(["train.py"] + _common(out, data_root, "e2e")
          + ["--epochs", "1", "--max_iters_per_epoch", "2"] + _set(data_root))
-    exp = out / EXP / "e2e"
+    return out, out / EXP / "e2e"
+
+
+def test_train_writes_openpcdet_layout_and_evaluates(trained):
+    _, exp = trained
     assert sorted(p.name for p in exp.iterdir()) == ["ckpt", "eval", "log", "tensorboard"]
     ckpt = checkpoint_utils.load_checkpoint(exp / "ckpt" / "checkpoint_epoch_1.pth")
     assert (ckpt["epoch"], ckpt["it"]) == (1, 2)
     assert any(p.name.startswith("events.out.tfevents") for p in (exp / "tensorboard").iterdir())
     log = next((exp / "log").glob("train_*.log")).read_text()
     assert "Performance of EPOCH 1" in log and "Car AP" in log
+    assert (exp / "eval" / "eval_with_train" / "epoch_1" / "val" / "result.pkl").is_file()
+
+
+def test_test_py_single_and_eval_all(trained, data_root):
+    out, exp = trained
     with open(exp / "eval" / "eval_with_train" / "epoch_1" / "val" / "result.pkl", "rb") as f:
         with_train = pickle.load(f)
 
@@ -79,6 +91,25 @@ def test_train_two_iterations_then_test(tmp_path, data_root):
     proc = _run(["test.py"] + _common(out, data_root, "e2e") + ["--eval_all", "--eval_tag", "all"]
                 + _set(data_root))
     assert "no checkpoint left to evaluate" in proc.stdout + proc.stderr
+
+
+def test_demo_on_npy_points_writes_png_and_json(trained, data_root, tmp_path):
+    _, exp = trained
+    points = np.fromfile(data_root / "training" / "velodyne" / "000001.bin", dtype=np.float32).reshape(-1, 4)
+    np.save(tmp_path / "scan.npy", points)
+    _run(["demo.py", "--cfg_file", CFG, "--ckpt", str(exp / "ckpt" / "checkpoint_epoch_1.pth"), "--data_path",
+          str(tmp_path / "scan.npy"), "--ext", ".npy", "--out_dir", str(tmp_path / "demo"), "--device", "cpu"])
+    assert (tmp_path / "demo" / "scan.png").stat().st_size > 1000
+    detections = json.loads((tmp_path / "demo" / "detections.json").read_text())
+    assert detections, "an untrained head still scores boxes above 0 (CenterPoint SCORE_THRESH 0.1)"
+    assert all(d["frame_id"] == "scan" and len(d["box_lidar"]) == 7 and d["name"] in ("Car", "Pedestrian", "Cyclist")
+               for d in detections)
+    np.save(tmp_path / "bad.npy", points[:, :3])
+    proc = subprocess.run([sys.executable, "demo.py", "--cfg_file", CFG, "--ckpt",
+                           str(exp / "ckpt" / "checkpoint_epoch_1.pth"), "--data_path", str(tmp_path / "bad.npy"),
+                           "--ext", ".npy", "--out_dir", str(tmp_path / "demo_bad"), "--device", "cpu"],
+                          cwd=TOOLS, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "bad.npy: expected an (N, 4) array" in proc.stderr
 
 
 def test_killed_run_resumes_from_latest_complete_checkpoint(tmp_path, data_root):

@@ -57,24 +57,35 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def time_steps(model, batches, iters, device):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-    times = []
-    for i in range(iters + 1):  # the first step warms up allocators and lazy kernels
-        batch = dict(batches[i % len(batches)])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        ret, _, _ = model(batch)
-        opt.zero_grad(set_to_none=True)
-        ret["loss"].backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+def _step(model, opt, batch, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    ret, _, _ = model(dict(batch))
+    opt.zero_grad(set_to_none=True)
+    ret["loss"].backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _optimizer(model):
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+
+def time_interleaved(student, distiller, batches, iters, device):
+    """Median seconds of student-only and KD steps, alternated on the same batches so load drift cancels."""
+    opt_s, opt_kd = _optimizer(student), _optimizer(distiller)
+    distiller.train()
+    t_s, t_kd = [], []
+    for i in range(iters + 1):  # the first pair warms up allocators and lazy kernels
+        batch = batches[i % len(batches)]
+        a, b = _step(student, opt_s, batch, device), _step(distiller, opt_kd, batch, device)
         if i > 0:
-            times.append(time.perf_counter() - start)
-    return float(np.median(times))
+            t_s.append(a)
+            t_kd.append(b)
+    return float(np.median(t_s)), float(np.median(t_kd))
 
 
 def run_case(name, cfg_rel, args, device, logger, tmp):
@@ -90,16 +101,18 @@ def run_case(name, cfg_rel, args, device, logger, tmp):
     torch.save({"model_state": build_network(tcfg.MODEL, len(tcfg.CLASS_NAMES), dataset).state_dict(), "epoch": 0},
                teacher_ckpt)
     student = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), dataset).to(device)
+    # peak memory of each kind of step, student first (CPU peak RSS only grows)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t_student = time_steps(student, batches, args.iters, device)
+    _step(student.train(), _optimizer(student), batches[0], device)
     mem_student = peak_memory_mb(device)
     distiller = build_distiller(cfg, student, dataset, logger, teacher_ckpt=str(teacher_ckpt),
                                 example_batch=batches[0], cfg_file=cfg_path)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t_kd = time_steps(distiller, batches, args.iters, device)
+    _step(distiller.train(), _optimizer(distiller), batches[0], device)
     mem_kd = peak_memory_mb(device)
+    t_student, t_kd = time_interleaved(student, distiller, batches, args.iters, device)
     voxels = int(batches[0]["voxel_coords"].shape[0])
     return name, voxels, t_student, t_kd, mem_student, mem_kd
 
@@ -122,7 +135,7 @@ def main(argv=None):
                 continue
             rows.append(run_case(name, cfg_rel, args, device, logger, tmp))
     mem_label = "peak alloc MiB" if device.type == "cuda" else "peak RSS MiB (process)"
-    print(f"device {device}, batch {args.batch_size}, median of {args.iters} steps (fwd + bwd + AdamW)")
+    print(f"device {device}, batch {args.batch_size}, median of {args.iters} interleaved steps (fwd + bwd + AdamW)")
     print(f"{'case':<30}{'voxels':>8}{'student s':>11}{'KD s':>9}{'ratio':>7}   {mem_label}: student / KD")
     for name, voxels, t_s, t_kd, m_s, m_kd in rows:
         flag = "" if t_kd / t_s <= 1.3 else "  (> 1.3x target)"

@@ -34,26 +34,46 @@ class ConvStack(nn.Sequential):
 
 
 class GraphLayer(nn.Module):
-    """Edge-feature layer of PointDistiller: 1x1 conv + BatchNorm + ReLU over (Q, K, 2C) edges -> (Q, K, C').
+    """Edge-feature layer of PointDistiller: 1x1 conv + BatchNorm + ReLU over edges [F(j); F(i)] -> C'.
 
-    The 1x1 conv is applied as a bias-free linear map on the flattened (Q*K, c_in) edges and BatchNorm1d
-    normalises over all Q*K edges (the same statistics as BatchNorm2d over a (1, C, Q, K) map), which avoids the
-    slow strided conv path on CPU.
+    ``forward`` never materialises the (Q, K, 2C) edge tensor: a 1x1 conv W = [W_j, W_i] on [F(j); F(i)] equals
+    W_j F(j) + W_i F(i), so both halves are projected per row and gathered ((Q, K, C') memory instead of
+    (Q, K, 2C), K times fewer multiply-adds). For the 'diff' edges [F(j) - F(i); F(i)] the query half uses
+    W_i - W_j. BatchNorm normalises over all Q*K edges, as BatchNorm2d over a (1, C', Q, K) map would.
+    ``forward_edges`` is the same layer on materialised edges (e.g. from ``pcdet.ops.knn.edge_features``).
     """
 
     def __init__(self, c_in, c_out):
         super().__init__()
+        if int(c_in) % 2:
+            raise ValueError(f"GraphLayer: c_in = 2C must be even, got {c_in}")
         self.c_in = int(c_in)
         self.conv = nn.Linear(self.c_in, int(c_out), bias=False)
         self.bn = nn.BatchNorm1d(int(c_out))
 
-    def forward(self, edges):
-        """edges (Q, K, c_in) -> (Q, K, c_out)."""
+    def _finish(self, y):
+        q, k, c = y.shape
+        return F.relu(self.bn(y.reshape(q * k, c))).view(q, k, c)
+
+    def forward(self, features, query_index, idx, mode="concat"):
+        """features (M, C), query_index (Q,), idx (Q, K) neighbour rows -> (Q, K, C')."""
+        if features.dim() != 2 or 2 * features.shape[1] != self.c_in:
+            raise ValueError(f"GraphLayer: expected features (M, {self.c_in // 2}), got {tuple(features.shape)}")
+        c = self.c_in // 2
+        w_j, w_i = self.conv.weight[:, :c], self.conv.weight[:, c:]
+        if mode == "diff":
+            w_i = w_i - w_j
+        elif mode != "concat":
+            raise ValueError(f"GraphLayer: mode must be 'concat' or 'diff', got '{mode}'")
+        rows = features @ w_j.t()  # (M, C')
+        centre = features[query_index] @ w_i.t()  # (Q, C')
+        return self._finish(rows[idx] + centre[:, None, :])
+
+    def forward_edges(self, edges):
+        """edges (Q, K, c_in) -> (Q, K, C'); the reference path on materialised edge features."""
         if edges.dim() != 3 or edges.shape[-1] != self.c_in:
             raise ValueError(f"GraphLayer: expected edges (Q, K, {self.c_in}), got {tuple(edges.shape)}")
-        q, k, _ = edges.shape
-        x = self.bn(self.conv(edges.reshape(q * k, self.c_in)))
-        return F.relu(x).view(q, k, -1)
+        return self._finish(self.conv(edges))
 
 
 class NormalizedConv1x1(nn.Module):

@@ -67,9 +67,8 @@ class ITKDHead(KDHead):
         self.adapter = conv1x1(c_s, c_t)
         self.encoder = ConvStack([c_t] + widths)
         self.decoder = ConvStack(list(reversed(widths)) + [c_s])
-        self.teacher_hw = tuple(t_shape[-2:])
-        if tuple(s_shape[-2:]) != self.teacher_hw:
-            ctx.log(f"ITKD: student map {tuple(s_shape[-2:])} resampled to the teacher grid {self.teacher_hw}")
+        if tuple(s_shape[-2:]) != tuple(t_shape[-2:]):
+            ctx.log(f"ITKD: student map {tuple(s_shape[-2:])} resampled to the teacher grid {tuple(t_shape[-2:])}")
         self.teacher_grid = ctx.teacher
         self.student_grid = ctx.student
         ctx.log(f"ITKD: C_S={c_s} C_T={c_t} encoder {self.encoder.widths} decoder {self.decoder.widths}")
@@ -159,7 +158,8 @@ class ITKDHead(KDHead):
         if self.fg_mask or self.center_mse_weight > 0 or self.attn_enabled:
             if gt_boxes is None:
                 raise KeyError("ITKD: batch_dict lacks 'gt_boxes' (needed by FG_MASK / CENTER_MSE / ATTN)")
-        stride_t = map_stride(self.teacher_grid, f_t.shape[-1], "ITKD teacher map")
+        if self.fg_mask or self.center_mse_weight > 0:
+            stride_t = map_stride(self.teacher_grid, f_t.shape[-1], "ITKD teacher map")
         if self.fg_mask:
             weight = bev_box_mask(gt_boxes, self.teacher_grid, stride_t, *f_t.shape[-2:])
         ae = self.ae_losses(f_t, f_s, weight)

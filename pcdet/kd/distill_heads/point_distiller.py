@@ -1,4 +1,5 @@
 """PointDistiller (Zhang et al., CVPR 2023): reweighted local distillation over kNN graphs in teacher space."""
+import numpy as np
 import torch
 
 from ..adapters import GraphLayer, resample_to
@@ -9,9 +10,9 @@ from .base import KD_HEADS, KDHead, channels_of
 IMPORTANCE_MODES = ("auto", "points", "teacher_max")
 
 
-def _knn_ops():
+def _knn():
     from ...ops import knn  # imported lazily: the op package loads its compiled kernel on first use
-    return knn.knn_in_scans, knn.edge_features
+    return knn.knn_in_scans
 
 
 def rows_of(value, who):
@@ -75,6 +76,12 @@ class PointDistillerHead(KDHead):
         t_shape, s_shape = ctx.shapes["feature"][0][0], ctx.shapes["feature"][1][0]
         c_t = channels_of(t_shape, "PointDistiller teacher tap")
         c_s = channels_of(s_shape, "PointDistiller student tap")
+        same_grid = np.allclose(ctx.teacher.voxel_size, ctx.student.voxel_size) and \
+            np.allclose(ctx.teacher.point_cloud_range, ctx.student.point_cloud_range)
+        if len(t_shape) == 2 and not same_grid:
+            raise ValueError("PointDistiller: (V, C) pillar/voxel taps need identical teacher and student voxelisation "
+                             f"(teacher voxel {ctx.teacher.voxel_size.tolist()}, student "
+                             f"{ctx.student.voxel_size.tolist()}); tap BEV maps instead")
         c_g = int(cfg.GRAPH_CHANNELS)
         self.graph_t = GraphLayer(2 * c_t, c_g)
         self.graph_s = GraphLayer(2 * c_s, c_g)
@@ -135,13 +142,11 @@ class PointDistillerHead(KDHead):
         query = top_rows_per_scan(scores, b_t, self.num_keep)
         if query.numel() == 0:
             return {f"kd_{self.name}": zero_like_graph(f_s, *self.parameters())}
-        knn_in_scans, edge_features = _knn_ops()
         with torch.no_grad():
-            idx, valid = knn_in_scans(f_t, b_t, self.k, query_index=query)
-        e_t = edge_features(f_t, query, idx, mode=self.edge_mode)
-        e_s = edge_features(f_s, query, idx, mode=self.edge_mode)
-        g_t = self.graph_t(e_t)
-        g_s = self.graph_s(e_s)
+            idx, valid = _knn()(f_t, b_t, self.k, query_index=query)
+        # same neighbour indices for both sides; edges are projected without materialising (Q, K, 2C)
+        g_t = self.graph_t(f_t, query, idx, self.edge_mode)
+        g_s = self.graph_s(f_s, query, idx, self.edge_mode)
         phi = scan_softmax_weights(scores[query], b_t[query], self.tau)
         self._log_phi(phi)
         return {f"kd_{self.name}": pointdistiller_loss(g_t, g_s, phi, valid, self.loss_weight)}

@@ -6,12 +6,9 @@ import torch.nn as nn
 
 from . import BACKBONES_3D
 from ..batch_keys import (BATCH_SIZE, ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE, MULTI_SCALE_3D_FEATURES,
-                          VOXEL_COORDS, VOXEL_FEATURES, check_keys)
+                          MULTI_SCALE_3D_STRIDES, VOXEL_COORDS, VOXEL_FEATURES, check_keys)
 from ..model_utils.width import module_width, scaled
 from ...utils.spconv_utils import spconv
-
-# Written next to multi_scale_3d_features, as OpenPCDet does: dict name -> int stride.
-MULTI_SCALE_3D_STRIDES = "multi_scale_3d_strides"
 
 
 def post_act_block(in_channels, out_channels, kernel_size, indice_key=None, stride=1, padding=0,

@@ -14,7 +14,8 @@ class AnchorHeadSingle(AnchorHeadTemplate):
     unchanged (its input width follows the BEV backbone).
     """
 
-    REQUIRED_KEYS = (K.SPATIAL_FEATURES_2D, K.BATCH_SIZE, K.GT_BOXES)
+    # gt_boxes is needed in training only and checked there, so test splits without labels still build
+    REQUIRED_KEYS = (K.SPATIAL_FEATURES_2D, K.BATCH_SIZE)
     PROVIDED_KEYS = (K.BATCH_CLS_PREDS, K.BATCH_BOX_PREDS, K.CLS_PREDS_NORMALIZED)
 
     def __init__(self, model_cfg, input_channels, num_class, class_names, grid_size, point_cloud_range,
@@ -41,7 +42,7 @@ class AnchorHeadSingle(AnchorHeadTemplate):
         """Reads ``spatial_features_2d`` (B, C, H, W) (and ``gt_boxes`` in training); writes
         ``batch_cls_preds`` (B, A, num_class), ``batch_box_preds`` (B, A, 7), ``cls_preds_normalized`` (False)
         at inference or when ``predict_boxes_when_training``."""
-        K.check_keys(data_dict, (K.SPATIAL_FEATURES_2D, K.BATCH_SIZE), type(self).__name__)
+        K.check_keys(data_dict, self.REQUIRED_KEYS, type(self).__name__)
         spatial_features_2d = data_dict[K.SPATIAL_FEATURES_2D]
         cls_preds = self.conv_cls(spatial_features_2d).permute(0, 2, 3, 1).contiguous()
         box_preds = self.conv_box(spatial_features_2d).permute(0, 2, 3, 1).contiguous()

@@ -8,8 +8,6 @@ required key is produced by the dataset or by an earlier module.
 """
 import importlib
 import os
-import pickle
-import zipfile
 
 import torch
 import torch.nn as nn
@@ -68,7 +66,7 @@ def read_checkpoint(filename):
         raise CheckpointReadError(f"checkpoint file not found: {filename}")
     try:
         checkpoint = torch.load(filename, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001  torch's unpicklers raise many types on a bad file; re-raised with path
         raise CheckpointReadError(f"{filename}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(checkpoint, dict):
         raise CheckpointReadError(f"{filename}: expected a dict checkpoint, got {type(checkpoint).__name__}")
@@ -81,12 +79,14 @@ def read_checkpoint(filename):
             f"{filename}: neither an OpenPCDet checkpoint (no 'model_state') nor a bare state dict "
             f"(top-level keys: {sorted(checkpoint)[:10]})"
         )
+    if not isinstance(state, dict):
+        raise CheckpointReadError(f"{filename}: 'model_state' is {type(state).__name__}, not a state dict")
     return state, checkpoint
 
 
 def _spconv1_to_spconv2(key, val, target_shape):
     """spconv 1.x stored sparse-conv weights as (kx, ky, kz, in, out); spconv 2.x uses (out, kx, ky, kz, in)."""
-    if val.dim() == 5 and len(target_shape) == 5 and val.shape[3] != val.shape[4]:
+    if val.dim() == 5 and len(target_shape) == 5:
         converted = val.permute(4, 0, 1, 2, 3)
         if tuple(converted.shape) == tuple(target_shape):
             return converted.contiguous()
@@ -131,10 +131,17 @@ class Detector3DTemplate(nn.Module):
             "voxel_size": self.dataset.voxel_size,
             "depth_downsample_factor": getattr(self.dataset, "depth_downsample_factor", None),
         }
-        for name, _, _, _ in MODULE_TOPOLOGY:
+        # keys are checked against the class before it is built, so a missing producer is reported by name
+        # instead of failing inside a constructor that lacks its input size
+        available = set(self.dataset_provided_keys())
+        for name, config_key, _, _ in MODULE_TOPOLOGY:
+            if self.model_cfg.get(config_key, None) is not None:
+                self._check_required_keys(name, self._get_cls(config_key), available)
             module, model_info_dict = getattr(self, f"build_{name}")(model_info_dict=model_info_dict)
             self.add_module(name, module)
-        self.check_batch_key_flow(model_info_dict["module_list"])
+            if module is not None:
+                self._check_required_keys(name, module, available)
+                available.update(module.PROVIDED_KEYS)
         return model_info_dict["module_list"]
 
     def _get_cls(self, config_key):
@@ -272,25 +279,22 @@ class Detector3DTemplate(nn.Module):
         """Keys the dataset writes: ``dataset.PROVIDED_KEYS`` if it declares them, else batch_keys.DATASET_KEYS."""
         return tuple(getattr(self.dataset, "PROVIDED_KEYS", K.DATASET_KEYS))
 
-    def check_batch_key_flow(self, module_list):
-        """Raise KeyError naming the module and key when a module requires a key nothing upstream provides."""
-        available = set(self.dataset_provided_keys())
-        attr_of = {id(getattr(self, name)): name for name in self.module_topology if getattr(self, name) is not None}
-        for module in module_list:
-            name = attr_of.get(id(module), type(module).__name__)
-            for attr in ("REQUIRED_KEYS", "PROVIDED_KEYS"):
-                if not hasattr(module, attr):
-                    raise TypeError(
-                        f"MODEL: module '{name}' ({type(module).__name__}) does not declare {attr}; declare "
-                        f"REQUIRED_KEYS and PROVIDED_KEYS with keys from pcdet/models/batch_keys.py"
-                    )
-            missing = [key for key in module.REQUIRED_KEYS if key not in available]
-            if missing:
-                raise KeyError(
-                    f"MODEL: module '{name}' ({type(module).__name__}) requires batch_dict keys {missing} that "
-                    f"no upstream module or the dataset provides (available: {sorted(available)})"
+    @staticmethod
+    def _check_required_keys(name, module_or_cls, available):
+        """Raise KeyError naming the module and key when it requires a key nothing upstream provides."""
+        cls_name = module_or_cls.__name__ if isinstance(module_or_cls, type) else type(module_or_cls).__name__
+        for attr in ("REQUIRED_KEYS", "PROVIDED_KEYS"):
+            if not hasattr(module_or_cls, attr):
+                raise TypeError(
+                    f"MODEL: module '{name}' ({cls_name}) does not declare {attr}; declare REQUIRED_KEYS and "
+                    f"PROVIDED_KEYS with keys from pcdet/models/batch_keys.py"
                 )
-            available.update(module.PROVIDED_KEYS)
+        missing = [key for key in module_or_cls.REQUIRED_KEYS if key not in available]
+        if missing:
+            raise KeyError(
+                f"MODEL: module '{name}' ({cls_name}) requires batch_dict keys {missing} that no upstream module "
+                f"or the dataset provides (available: {sorted(available)})"
+            )
 
     # ------------------------------------------------------------------ forward helpers
     def forward(self, batch_dict):

@@ -1,5 +1,4 @@
 """PointPillarScatter: scatter pillar features onto the dense BEV grid."""
-import torch
 import torch.nn as nn
 
 from . import MAP_TO_BEV

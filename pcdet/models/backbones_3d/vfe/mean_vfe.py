@@ -29,7 +29,7 @@ class MeanVFE(VFETemplate):
         """Reads ``voxels`` (V, P, C_pt) and ``voxel_num_points`` (V,); writes ``voxel_features`` (V, C_pt)."""
         check_keys(batch_dict, self.REQUIRED_KEYS, type(self).__name__)
         voxels, voxel_num_points = batch_dict[VOXELS], batch_dict[VOXEL_NUM_POINTS]
-        points_sum = voxels[:, :, :].sum(dim=1, keepdim=False)
-        normalizer = torch.clamp_min(voxel_num_points.view(-1, 1), min=1.0).type_as(voxels)
+        points_sum = voxels.sum(dim=1)  # padded slots are zeros
+        normalizer = torch.clamp_min(voxel_num_points.view(-1, 1).type_as(voxels), 1.0)
         batch_dict[VOXEL_FEATURES] = (points_sum / normalizer).contiguous()
         return batch_dict

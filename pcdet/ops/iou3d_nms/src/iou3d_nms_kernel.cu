@@ -3,7 +3,8 @@
 // The intersection clips one rectangle by the four edges of the other (Sutherland-Hodgman; a convex quadrilateral
 // clipped by four half-planes keeps at most 8 vertices) in float32. NMS computes a (N, ceil(N / 64)) suppression
 // bitmask in parallel, 64 x 64 box pairs per block, and the greedy sweep over it runs on the host.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -106,8 +107,9 @@ __global__ void nms_mask_kernel(const float* __restrict__ boxes, int64_t n, int6
                                 bool rotated, uint64_t* __restrict__ mask, int64_t col_blocks) {
   const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
   if (row_block > col_block) return;
-  const int64_t row_size = min<int64_t>(n - row_block * kNmsBlock, kNmsBlock);
-  const int64_t col_size = min<int64_t>(n - col_block * kNmsBlock, kNmsBlock);
+  const int64_t row_left = n - row_block * kNmsBlock, col_left = n - col_block * kNmsBlock;
+  const int64_t row_size = row_left < kNmsBlock ? row_left : kNmsBlock;
+  const int64_t col_size = col_left < kNmsBlock ? col_left : kNmsBlock;
   __shared__ Rect cols[kNmsBlock];
   if (threadIdx.x < col_size) cols[threadIdx.x] = load_rect(boxes + (col_block * kNmsBlock + threadIdx.x) * stride);
   __syncthreads();

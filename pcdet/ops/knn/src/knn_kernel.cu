@@ -4,7 +4,8 @@
 // ascending index order) computing the exact sum of squared differences, and keeps a bounded max-heap of its k
 // best (distance, row) pairs in a global scratch buffer of Q * k entries; a final heap sort gives the contract's
 // order. Memory O(Q k + M). Edge-feature backward uses atomicAdd (the summation order is not fixed on CUDA).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -1,6 +1,7 @@
 // Voxel point counts on CUDA: one kernel for the linear voxel ids (same floor rule as the CPU path), then a
 // stable device sort of the ids and run-length grouping with ATen primitives. Deterministic.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
