@@ -30,25 +30,24 @@ TOOLS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TOOLS_DIR.parent
 CFGS = TOOLS_DIR / "cfgs"
 
-# family -> method -> shipped config. "none" is the plain model config (the student trained alone).
-FAMILIES = {
-    "pointpillar": {
-        "none": "synthetic_models/pointpillar.yaml",
-        "logit_kd": "kd/logit_kd_pointpillar.yaml",
-        "fitnet": "kd/fitnet_pointpillar.yaml",
-        "pointdistiller": "kd/pointdistiller_pointpillar.yaml",
-    },
-    "centerpoint": {
-        "none": "synthetic_models/centerpoint.yaml",
-        "logit_kd": "kd/logit_kd_centerpoint.yaml",
-        "fitnet": "kd/fitnet_centerpoint.yaml",
-        "pointdistiller": "kd/pointdistiller_centerpoint.yaml",
-        "itkd": "kd/itkd_centerpoint.yaml",
-    },
-    "second": {
-        "none": "synthetic_models/second.yaml",
-        "pointdistiller": "kd/pointdistiller_second.yaml",
-    },
+# family -> the plain model config (teachers and students-alone use it as is).
+MODEL_CFGS = {
+    "pointpillar": "synthetic_models/pointpillar.yaml",
+    "second": "synthetic_models/second.yaml",
+    "centerpoint": "synthetic_models/centerpoint.yaml",
+    "centerpoint_pillar": "synthetic_models/centerpoint_pillar.yaml",
+}
+# method -> family -> the shipped KD config whose `KD:` block is added to the student's model config. KD is
+# additive: model config + KD block = the distillation run; the teacher entry is pointed at the run's teacher.
+KD_BLOCKS = {
+    "logit_kd": {"pointpillar": "kd/logit_kd_pointpillar.yaml", "centerpoint": "kd/logit_kd_centerpoint.yaml",
+                 "centerpoint_pillar": "kd/logit_kd_centerpoint.yaml"},
+    "fitnet": {"pointpillar": "kd/fitnet_pointpillar.yaml", "centerpoint": "kd/fitnet_centerpoint.yaml",
+               "centerpoint_pillar": "kd/fitnet_centerpoint.yaml"},
+    "pointdistiller": {"pointpillar": "kd/pointdistiller_pointpillar.yaml", "second": "kd/pointdistiller_second.yaml",
+                       "centerpoint": "kd/pointdistiller_centerpoint.yaml",
+                       "centerpoint_pillar": "kd/pointdistiller_centerpoint.yaml"},
+    "itkd": {"centerpoint": "kd/itkd_centerpoint.yaml", "centerpoint_pillar": "kd/itkd_centerpoint_pillar.yaml"},
 }
 METHOD_LABELS = {"teacher": "Teacher", "none": "Student alone", "logit_kd": "Logit KD", "fitnet": "FitNet",
                  "pointdistiller": "PointDistiller", "itkd": "itKD"}
@@ -56,23 +55,25 @@ METHOD_LABELS = {"teacher": "Teacher", "none": "Student alone", "logit_kd": "Log
 PRESETS = {
     # The README main job: small and quick, one seed; it demonstrates the whole path, it is not the benchmark.
     "main": dict(
-        num_frames=200, val_fraction=0.3, data_preset="default", seeds=[0], jobs=2,
-        families={"centerpoint": dict(teacher_width=0.5, student_rel_widths=[0.25], methods=["none", "itkd"])},
-        teacher_epochs=6, student_epochs=6, batch_size=2,
+        num_frames=160, val_fraction=0.25, data_preset="default", seeds=[0], jobs=2,
+        families={"centerpoint_pillar": dict(teacher_width=0.5, student_rel_widths=[0.25],
+                                             methods=["none", "itkd"])},
+        teacher_epochs=4, student_epochs=4, batch_size=2,
     ),
-    # CPU benchmark: lighter teachers (half of OpenPCDet's widths) on the CPU-sized synthetic grids; students keep
-    # the papers' ratios to their teacher (4x = half widths, 16x = quarter widths).
+    # CPU benchmark (about 1 h on 2 cores): lighter teachers (half of OpenPCDet's widths) on the CPU-sized synthetic
+    # grids; the students keep the papers' 16x ratio to their teacher (quarter widths). The half-width (4x) students
+    # are in the `full` preset: the 2-core budget does not fit both.
     "mini": dict(
-        num_frames=400, val_fraction=0.25, data_preset="default", seeds=[0, 1], jobs=2,
+        num_frames=360, val_fraction=0.25, data_preset="default", seeds=[0, 1], jobs=2,
         families={
-            "pointpillar": dict(teacher_width=0.5, student_rel_widths=[0.5, 0.25],
+            "pointpillar": dict(teacher_width=0.5, student_rel_widths=[0.25],
                                 methods=["none", "logit_kd", "fitnet", "pointdistiller"]),
-            "centerpoint": dict(teacher_width=0.5, student_rel_widths=[0.5, 0.25],
-                                methods=["none", "logit_kd", "fitnet", "pointdistiller", "itkd"]),
+            "centerpoint_pillar": dict(teacher_width=0.5, student_rel_widths=[0.25],
+                                       methods=["none", "logit_kd", "fitnet", "pointdistiller", "itkd"]),
         },
-        teacher_epochs=8, student_epochs=8, batch_size=2,
+        teacher_epochs=5, student_epochs=5, batch_size=2,
     ),
-    # GPU preset: OpenPCDet widths for the teachers, SECOND added, longer schedules.
+    # GPU preset: OpenPCDet widths for the teachers, 4x and 16x students, SECOND and voxel CenterPoint added.
     "full": dict(
         num_frames=3000, val_fraction=0.25, data_preset="default", seeds=[0, 1, 2], jobs=1,
         families={
@@ -81,6 +82,8 @@ PRESETS = {
             "second": dict(teacher_width=1.0, student_rel_widths=[0.5, 0.25], methods=["none", "pointdistiller"]),
             "centerpoint": dict(teacher_width=1.0, student_rel_widths=[0.5, 0.25],
                                 methods=["none", "logit_kd", "fitnet", "pointdistiller", "itkd"]),
+            "centerpoint_pillar": dict(teacher_width=1.0, student_rel_widths=[0.5, 0.25],
+                                       methods=["none", "fitnet", "itkd"]),
         },
         teacher_epochs=40, student_epochs=40, batch_size=4,
     ),
@@ -156,16 +159,19 @@ class Benchmark:
         return self.work_dir / "results" / f"{run.name}.json"
 
     def write_cfg(self, run):
-        base_rel = FAMILIES[run.family]["none" if run.method == "teacher" else run.method]
         data = {
-            "_BASE_CONFIG_": str(CFGS / base_rel),
+            "_BASE_CONFIG_": str(CFGS / MODEL_CFGS[run.family]),
             "DATA_CONFIG": {"DATA_PATH": str(self.data_dir)},
             "MODEL": {"WIDTH": run.width},
             "OPTIMIZATION": {"NUM_EPOCHS": run.epochs, "BATCH_SIZE_PER_GPU": self.preset["batch_size"]},
         }
         if run.is_kd:
-            data["KD"] = {"TEACHER": {"CFG_FILE": str(self.cfg_path(run.teacher)),
-                                      "CKPT": str(self.ckpt_path(run.teacher))}}
+            from pcdet.config import load_yaml
+
+            kd_block = load_yaml(CFGS / KD_BLOCKS[run.method][run.family])["KD"]
+            kd_block["TEACHER"] = {"CFG_FILE": str(self.cfg_path(run.teacher)),
+                                   "CKPT": str(self.ckpt_path(run.teacher))}
+            data["KD"] = kd_block
         return _write_yaml(self.cfg_path(run), data)
 
     # ------------------------------------------------------------------ data
@@ -412,7 +418,8 @@ def _plot(rows, png_path):
 
     fig, ax = plt.subplots(figsize=(7, 5))
     markers = {"teacher": "*", "none": "o", "logit_kd": "v", "fitnet": "s", "pointdistiller": "D", "itkd": "P"}
-    colors = {"pointpillar": "tab:blue", "centerpoint": "tab:red", "second": "tab:green"}
+    colors = {"pointpillar": "tab:blue", "centerpoint": "tab:red", "second": "tab:green",
+              "centerpoint_pillar": "tab:orange"}
     seen = set()
     for r in rows:
         label = f"{r['family']} {METHOD_LABELS[r['method']]}"

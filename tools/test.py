@@ -157,7 +157,8 @@ def run(args, cfg, dist_test, world_size, rank, device):
         log_dir.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    logger = common_utils.create_logger(log_dir / f"log_eval_{stamp}.txt", rank=rank)
+    log_file = log_dir / f"log_eval_{stamp}.txt" if rank == 0 else None
+    logger = common_utils.create_logger(log_file, rank=rank)
     logger.info("**********************start logging**********************")
     logger.info(f"device {device}, {'distributed: %d processes' % world_size if dist_test else 'single process'}, "
                 f"batch size per process {args.batch_size}")

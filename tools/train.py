@@ -8,11 +8,8 @@ Without ``--ckpt`` a run resumes from the most advanced complete checkpoint of i
 import argparse
 import datetime
 import json
-import os
 import shutil
 from pathlib import Path
-
-import torch
 
 from eval_utils import eval_utils
 from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config
@@ -40,6 +37,7 @@ def parse_config(argv=None):
                         help="set by torch.distributed.launch; torchrun uses LOCAL_RANK instead")
     parser.add_argument("--sync_bn", action="store_true", default=False, help="SyncBatchNorm (CUDA only)")
     parser.add_argument("--fix_random_seed", action="store_true", default=False)
+    parser.add_argument("--seed", type=int, default=666, help="base seed with --fix_random_seed (rank r uses seed + r)")
     parser.add_argument("--ckpt_save_interval", type=int, default=1, help="epochs between checkpoints")
     parser.add_argument("--ckpt_save_iter_interval", type=int, default=0,
                         help="write latest_model.pth every N iterations (0: never)")
@@ -126,7 +124,7 @@ def run(args, cfg, dist_train, world_size, rank, device):
     args.batch_size = _optim_value(cfg, "BATCH_SIZE_PER_GPU", args.batch_size)
     args.epochs = _optim_value(cfg, "NUM_EPOCHS", args.epochs)
     if args.fix_random_seed:
-        common_utils.set_random_seed(666 + rank)
+        common_utils.set_random_seed(args.seed + rank)
 
     output_dir = Path(experiment_output_dir(args.cfg_file, args.extra_tag, args.output_root))
     ckpt_dir = output_dir / "ckpt"
@@ -135,7 +133,9 @@ def run(args, cfg, dist_train, world_size, rank, device):
             (output_dir / sub).mkdir(parents=True, exist_ok=True)
     dist_utils.barrier()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    logger = common_utils.create_logger(output_dir / "log" / f"train_{stamp}.log", rank=rank)
+    # only rank 0 writes a log file; other ranks print their errors to the console
+    log_file = output_dir / "log" / f"train_{stamp}.log" if rank == 0 else None
+    logger = common_utils.create_logger(log_file, rank=rank)
     logger.info("********************** start logging **********************")
     logger.info(f"device {device}, {'distributed: %d processes' % world_size if dist_train else 'single process'}, "
                 f"batch size per process {args.batch_size}")
@@ -154,11 +154,14 @@ def run(args, cfg, dist_train, world_size, rank, device):
     train_set, train_loader, train_sampler = build_dataloader(
         dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, batch_size=args.batch_size, dist=dist_train,
         workers=args.workers, logger=logger, training=True, total_epochs=args.epochs,
-        seed=666 if args.fix_random_seed else None,
+        seed=args.seed if args.fix_random_seed else None,
     )
     model = build_training_model(cfg, args, train_set, device, logger)
-    if args.sync_bn and dist_train:
-        model = dist_utils.convert_sync_bn(model, device, logger)
+    if args.sync_bn:
+        if dist_train:
+            model = dist_utils.convert_sync_bn(model, device, logger)
+        else:
+            logger.info("--sync_bn ignored: single-process training")
     optimizer = build_optimizer(model, cfg.OPTIMIZATION)
 
     start_epoch, start_iter = 0, 0

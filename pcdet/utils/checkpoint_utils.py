@@ -120,24 +120,29 @@ def _progress(ckpt):
 def find_resume_checkpoint(ckpt_dir, logger=None):
     """Path of the checkpoint in ``ckpt_dir`` with the most training progress that loads, or None.
 
-    Candidates are ``checkpoint_epoch_N.pth`` and ``latest_model.pth``; temporary files are ignored, and a file
-    that fails to load is skipped with a warning (it cannot be a complete checkpoint).
+    Candidates are the newest loadable ``checkpoint_epoch_N.pth`` and ``latest_model.pth`` (whichever has more
+    iterations wins); temporary files are ignored, and a file that fails to load is skipped with a warning
+    (it cannot be a complete checkpoint).
     """
-    candidates = list_epoch_checkpoints(ckpt_dir)
-    latest = os.path.join(str(ckpt_dir), LATEST_NAME)
-    if os.path.isfile(latest):
-        candidates.append(latest)
-    best, best_key = None, None
-    for path in candidates:
+    def loadable(path):
         try:
-            ckpt = load_checkpoint(path)
+            return load_checkpoint(path)
         except CheckpointError as exc:
             if logger is not None:
                 logger.warning(f"skipping unreadable checkpoint while looking for one to resume: {exc}")
-            continue
-        key = _progress(ckpt)
-        if best_key is None or key >= best_key:
-            best, best_key = path, key
+            return None
+
+    best, best_key = None, None
+    for path in reversed(list_epoch_checkpoints(ckpt_dir)):
+        ckpt = loadable(path)
+        if ckpt is not None:
+            best, best_key = path, _progress(ckpt)
+            break
+    latest = os.path.join(str(ckpt_dir), LATEST_NAME)
+    if os.path.isfile(latest):
+        ckpt = loadable(latest)
+        if ckpt is not None and (best_key is None or _progress(ckpt) > best_key):
+            best = latest
     return best
 
 

@@ -210,7 +210,23 @@ def test_dataset_evaluation_from_predictions(tmp_path):
     annos = ds.generate_prediction_dicts({"frame_id": np.array(["tok"])}, preds, CLASSES)
     assert annos[0]["boxes_lidar"].shape == (2, 9) and list(annos[0]["name"]) == ["car", "pedestrian"]
     result_str, result = ds.evaluation(annos, ["car", "pedestrian"])
-    assert result["mAP"] == pytest.approx(1.0) and result["car_AP"] == pytest.approx(1.0)
+    assert result["mAP_present"] == pytest.approx(1.0) and result["car_AP"] == pytest.approx(1.0)
+    assert result["mAP"] == pytest.approx(0.2)  # 2 of the 10 classes have ground truth
     assert "project backend" in result_str
     with pytest.raises(KeyError, match="nope"):
         ds.evaluation([dict(annos[0], frame_id="nope")], ["car"])
+    with pytest.raises(ValueError, match="Car"):
+        ds.evaluation(annos, ["Car"])
+
+
+def test_metric_skips_unknown_ground_truth_velocity():
+    gt = [{"name": np.array(["car", "car"]),
+           "gt_boxes_lidar": np.array([_box(10, 0, vx=np.nan), _box(20, 0, vx=1.0)])}]
+    det = [{"name": np.array(["car", "car"]), "boxes_lidar": np.array([_box(10, 0, vx=5.0), _box(20, 0, vx=3.0)]),
+            "score": [0.8, 0.9]}]
+    m = nu.nuscenes_detection_metrics(gt, det, ["car"])
+    # the running mean skips the unknown velocity: 2 at both matches (a NaN ranked first would read as 0
+    # until the first known error, as in the devkit)
+    assert m["label_tp_errors"]["car"]["vel_err"] == pytest.approx(2.0)
+    gt[0]["gt_boxes_lidar"][1, 7] = np.nan
+    assert nu.nuscenes_detection_metrics(gt, det, ["car"])["label_tp_errors"]["car"]["vel_err"] == 1.0

@@ -51,9 +51,9 @@ def _shape_dict(out):
     return {k: tuple(v.shape) for k, v in out.items()}
 
 
-def _itkd(c_t, c_s, widths, attn=True, **attn_cfg):
+def _itkd(c_t, c_s, widths, attn=True, ae=None, **attn_cfg):
     cfg = EasyDict({"NAME": "ITKD", "TEACHER_TAP": "t", "STUDENT_TAP": "s",
-                    "AE": {"WEIGHT": 1.0, "ENCODER_WIDTHS": widths},
+                    "AE": dict({"WEIGHT": 1.0, "ENCODER_WIDTHS": widths}, **(ae or {})),
                     "ATTN": dict({"ENABLED": attn, "WEIGHT": 1.0}, **attn_cfg)})
     shapes = {"map": ([(2, c_t, 8, 8)], [(2, c_s, 8, 8)])}
     if attn:
@@ -75,6 +75,25 @@ def test_itkd_autoencoder_zero_through_identity_modules_and_hand_value():
     terms = head({"map": ([f], [f + 0.5])}, {})
     # t2s = |T - (T+0.5)| = 0.5; s2t = |(T+0.5) - T| = 0.5; cr = 0.5
     assert all(torch.isclose(v, torch.tensor(0.5)) for v in terms.values())
+
+
+def test_itkd_foreground_mask_and_centre_mse_options():
+    head = _itkd(4, 4, [4], attn=False, ae={"FG_MASK": True, "CENTER_MSE_WEIGHT": 2.0, "WEIGHT": 0.5})
+    with torch.no_grad():
+        for conv in (head.adapter, head.encoder[0], head.decoder[0]):
+            conv.weight.copy_(torch.eye(4).view(4, 4, 1, 1))
+            conv.bias.zero_()
+    f = torch.zeros(2, 4, 8, 8)
+    shifted = f.clone()
+    shifted[0, :, 2, 1] = 1.0  # inside the Car box of scan 0 (its centre pixel)
+    shifted[1, :, 7, 7] = 5.0  # background: outside every box, ignored by the mask
+    terms = head({"map": ([f], [shifted])}, {"gt_boxes": _gt_boxes()})
+    from pcdet.kd.distill_heads.base import bev_box_mask
+    n_fg = bev_box_mask(_gt_boxes(), head.teacher_grid, 2, 8, 8).sum()
+    assert 0 < n_fg < 2 * 64
+    assert torch.isclose(terms["kd_itkd_t2s"], 0.5 * 1.0 / n_fg)
+    # centre MSE: 3 objects, only the Car centre differs (by 1 in 4 channels) -> mean 4 / (3 * 4) per pair
+    assert torch.isclose(terms["kd_itkd_center_mse"], torch.tensor(2.0 * 3 * (1 / 3)))
 
 
 def test_itkd_mismatched_widths_and_grid_resampling_gradient_to_student_only():
@@ -257,3 +276,23 @@ def test_pointdistiller_sparse_voxel_rows_align_and_stay_in_scan():
     other = spconv.SparseConvTensor(f_s.detach(), indices.flip(0), [2, 2, 2], 2)
     with pytest.raises(ValueError, match="different active voxels"):
         head({"feature": ([sp_t], [other])}, {})
+
+
+def test_itkd_attention_uses_only_objects_on_both_maps():
+    import copy
+    student_cfg = copy.deepcopy(CENTER_CFG)
+    student_cfg["DENSE_HEAD"]["TARGET_ASSIGNER_CONFIG"]["FEATURE_MAP_STRIDE"] = 1
+    student = GridInfo(np.array([0, 0, -2, 4, 4, 2], dtype=np.float32), np.array([0.5, 0.5, 4.0], dtype=np.float32),
+                       CLASSES, student_cfg)  # 4 m x 4 m at 0.5 m: the Cyclist at (5.1, 6.9) is off this map
+    heads = [_shape_dict(o) for o in _heads_out(2, 0)]
+    cfg = EasyDict({"NAME": "ITKD", "TEACHER_TAP": "t", "STUDENT_TAP": "s", "AE": {"ENCODER_WIDTHS": [4]}})
+    ctx = KDContext(taps={"map": (["t"], ["s"]), "heads": (["t"] * 2, ["s"] * 2)},
+                    shapes={"map": ([(2, 4, 8, 8)], [(2, 4, 8, 8)]), "heads": (heads, heads)},
+                    teacher=_grid(), student=student)
+    head = KD_HEADS.get("ITKD")(cfg, ctx)
+    x_s = [{k: v.clone().requires_grad_(True) for k, v in o.items()} for o in _heads_out(2, 4)]
+    loss, _, _, n = head.attention_terms(_gt_boxes(), _heads_out(2, 3), x_s)
+    assert n == 2
+    loss.backward()
+    # the Pedestrian of scan 1 at (3.3, 0.4) lands on student cell (y=0, x=6) of the 0.5 m map
+    assert torch.count_nonzero(x_s[1]["hm"].grad) == 2 and x_s[1]["hm"].grad[1, :, 0, 6].abs().sum() > 0

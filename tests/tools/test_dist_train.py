@@ -39,14 +39,10 @@ def data_root(tmp_path_factory):
     return root
 
 
-def _args(out, data_root, tag):
-    return ["--cfg_file", CFG, "--batch_size", "1", "--workers", "0", "--device", "cpu", "--extra_tag", tag,
-            "--output_root", str(out), "--set", "DATA_CONFIG.DATA_PATH", str(data_root)]
-
-
 def _flags(out, data_root, tag):
-    base = _args(out, data_root, tag)
-    return base[:-3], base[-3:]
+    """(tool flags, --set overrides): overrides go last because --set takes the rest of the command line."""
+    return (["--cfg_file", CFG, "--batch_size", "1", "--workers", "0", "--device", "cpu", "--extra_tag", tag,
+             "--output_root", str(out)], ["--set", "DATA_CONFIG.DATA_PATH", str(data_root)])
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +88,17 @@ def test_distributed_eval_equals_single_process_eval(dist_run, data_root):
     table = {tag: [line.split("INFO", 1)[-1] for line in text.splitlines() if "AP:" in line]
              for tag, text in logs.items()}
     assert table["one"] and table["one"] == table["two"]
+
+
+def test_a_failing_rank_stops_the_whole_job(tmp_path, data_root):
+    out = tmp_path / "output"
+    flags, sets = _flags(out, data_root, "fail")
+    # a learning rate of 1e30 makes the second iteration's loss NaN; the job must end with an error, not hang
+    proc = subprocess.run(["bash", "scripts/dist_train.sh", "2"] + flags
+                          + ["--epochs", "1", "--max_iters_per_epoch", "3", "--skip_eval"] + sets
+                          + ["OPTIMIZATION.LR", "1.0e+30", "OPTIMIZATION.OPTIMIZER", "sgd"],
+                          cwd=TOOLS, capture_output=True, text=True, timeout=150,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode != 0
+    assert "NonFiniteLossError" in proc.stderr and "iteration 1 (epoch 0)" in proc.stderr, proc.stderr[-3000:]
+    assert not list((out / EXP / "fail" / "ckpt").iterdir())

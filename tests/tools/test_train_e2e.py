@@ -149,3 +149,25 @@ def test_non_finite_loss_stops_training_without_checkpoint(tmp_path, data_root):
     assert proc.returncode != 0
     assert "NonFiniteLossError" in proc.stderr and "iteration 1 (epoch 0)" in proc.stderr, proc.stderr[-3000:]
     assert not list((out / EXP / "nan" / "ckpt").iterdir())
+
+
+def test_distillation_trains_student_and_test_py_evaluates_it(trained, data_root):
+    out, exp = trained
+    teacher = exp / "ckpt" / "checkpoint_epoch_1.pth"
+    kd_cfg = "cfgs/kd/itkd_centerpoint_pillar.yaml"
+    common = _common(out, data_root, "kd")
+    common[common.index(CFG)] = kd_cfg
+    _run(["train.py"] + common + ["--epochs", "1", "--max_iters_per_epoch", "1", "--skip_eval",
+                                  "--teacher_ckpt", str(teacher)] + _set(data_root))
+    kd_exp = out / "kd" / "itkd_centerpoint_pillar" / "kd"
+    ckpt = checkpoint_utils.load_checkpoint(kd_exp / "ckpt" / "checkpoint_epoch_1.pth")
+    keys = list(ckpt["model_state"])
+    teacher_keys = list(checkpoint_utils.load_checkpoint(teacher)["model_state"])
+    assert keys and not any(k.startswith("teacher") for k in keys)
+    assert len([k for k in keys if k.startswith("student.")]) == len(teacher_keys)
+    assert len(keys) > len(teacher_keys), "the itKD heads are trained and saved with the student"
+
+    _run(["test.py"] + common + ["--ckpt", str(kd_exp / "ckpt" / "checkpoint_epoch_1.pth")] + _set(data_root))
+    with open(kd_exp / "eval" / "epoch_1" / "val" / "default" / "result.pkl", "rb") as f:
+        det_annos = pickle.load(f)
+    assert [a["frame_id"] for a in det_annos] == (data_root / "ImageSets" / "val.txt").read_text().split()

@@ -32,12 +32,6 @@ def build_eval_model(cfg, dataset, ckpt, device, logger):
     return model.to(device).eval()
 
 
-def _sampler_indices(dataloader):
-    sampler = dataloader.sampler
-    indices = [int(i) for i in iter(sampler)]
-    return indices
-
-
 def _accumulate_recall(totals, recall_dict):
     for key, value in (recall_dict or {}).items():
         if torch.is_tensor(value):
@@ -121,7 +115,8 @@ def eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=Fal
     elapsed = time.time() - start
 
     if dist_test:
-        indices = _sampler_indices(dataloader)
+        # the evaluation sampler is deterministic: iterating it again yields the indices this rank just ran
+        indices = [int(i) for i in dataloader.sampler]
         det_annos = gather_in_dataset_order(indices, det_annos, len(dataset))
         totals = dist_utils.all_gather_object(recall_totals)
         recall_totals = {}

@@ -64,7 +64,7 @@ def _fmt(terms):
 def train_one_epoch(model, optimizer, train_loader, model_func, lr_scheduler, accumulated_iter, optim_cfg, rank,
                     tbar, total_it_each_epoch, dataloader_iter, tb_log=None, leave_pbar=False, cur_epoch=0,
                     scaler=None, use_amp=False, device_type="cpu", skip_iters=0, ckpt_save_dir=None,
-                    ckpt_save_iter_interval=0, logger=None):
+                    ckpt_save_iter_interval=0):
     """Run ``total_it_each_epoch - skip_iters`` optimizer steps; return the updated ``accumulated_iter``.
 
     ``skip_iters`` batches are drawn and discarded first (resuming from a mid-epoch ``latest_model.pth``).
@@ -77,68 +77,71 @@ def train_one_epoch(model, optimizer, train_loader, model_func, lr_scheduler, ac
     if rank == 0:
         pbar = tqdm.tqdm(total=total_it_each_epoch, initial=skip_iters, leave=leave_pbar, desc="train",
                          dynamic_ncols=True)
-    for _ in range(skip_iters):
-        next(dataloader_iter)
-    grad_clip = optim_cfg.get("GRAD_NORM_CLIP", None)
-    model.train()
-    for _ in range(skip_iters, total_it_each_epoch):
-        try:
-            batch = next(dataloader_iter)
-        except StopIteration as exc:
-            raise RuntimeError(
-                f"the train dataloader ran out after {accumulated_iter} iterations in epoch {cur_epoch}; "
-                f"expected {total_it_each_epoch} per epoch"
-            ) from exc
-        lr_scheduler.step(accumulated_iter)
-        cur_lr = optimizer.param_groups[0]["lr"]
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device_type, enabled=use_amp):
-            loss, tb_dict, disp_dict = model_func(model, batch)
-        check_loss_finite(loss, tb_dict, accumulated_iter, cur_epoch)
-        scaler.scale(loss).backward()
-        if grad_clip is not None:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-            if not use_amp and not torch.isfinite(grad_norm):
-                raise NonFiniteLossError(
-                    f"non-finite gradient norm {float(grad_norm)} at iteration {accumulated_iter} "
-                    f"(epoch {cur_epoch}) with finite loss {float(loss)}; no optimizer step was taken"
-                )
-        scaler.step(optimizer)
-        scaler.update()
-        accumulated_iter += 1
+    try:
+        for _ in range(skip_iters):
+            next(dataloader_iter)
+        grad_clip = optim_cfg.get("GRAD_NORM_CLIP", None)
+        model.train()
+        for _ in range(skip_iters, total_it_each_epoch):
+            try:
+                batch = next(dataloader_iter)
+            except StopIteration as exc:
+                raise RuntimeError(
+                    f"the train dataloader ran out after {accumulated_iter} iterations in epoch {cur_epoch}; "
+                    f"expected {total_it_each_epoch} per epoch"
+                ) from exc
+            lr_scheduler.step(accumulated_iter)
+            cur_lr = optimizer.param_groups[0]["lr"]
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device_type, enabled=use_amp):
+                loss, tb_dict, disp_dict = model_func(model, batch)
+            check_loss_finite(loss, tb_dict, accumulated_iter, cur_epoch)
+            scaler.scale(loss).backward()
+            if grad_clip is not None:
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+                if not use_amp and not torch.isfinite(grad_norm):
+                    raise NonFiniteLossError(
+                        f"non-finite gradient norm {float(grad_norm)} at iteration {accumulated_iter} "
+                        f"(epoch {cur_epoch}) with finite loss {float(loss)}; no optimizer step was taken"
+                    )
+            scaler.step(optimizer)
+            scaler.update()
+            accumulated_iter += 1
 
-        if rank == 0:
-            loss_value = float(loss.detach().item())
-            det_terms, kd_terms = split_terms(tb_dict)
-            postfix = {"loss": f"{loss_value:.4g}", "lr": f"{cur_lr:.3g}"}
-            postfix.update(_fmt(det_terms))
-            postfix.update({k: v for k, v in (disp_dict or {}).items() if k not in postfix})
-            pbar.set_postfix(postfix, refresh=False)
-            pbar.update()
-            if kd_terms:
-                if kd_bar is None:
-                    kd_bar = tqdm.tqdm(total=0, leave=leave_pbar, bar_format="{desc}", dynamic_ncols=True)
-                kd_bar.set_description_str(
-                    "  kd: " + "  ".join(f"{k}={v}" for k, v in _fmt(kd_terms).items()), refresh=True
-                )
-            if tbar is not None:
-                tbar.set_postfix({"total_it": accumulated_iter})
-                tbar.refresh()
-            if tb_log is not None:
-                tb_log.add_scalar("train/loss", loss_value, accumulated_iter)
-                tb_log.add_scalar("meta_data/learning_rate", cur_lr, accumulated_iter)
-                for key, value in {**det_terms, **kd_terms}.items():
-                    tb_log.add_scalar("train/" + key, value, accumulated_iter)
-            if ckpt_save_dir is not None and ckpt_save_iter_interval and accumulated_iter % ckpt_save_iter_interval == 0:
-                checkpoint_utils.save_checkpoint(
-                    checkpoint_utils.checkpoint_state(model, optimizer, cur_epoch, accumulated_iter),
-                    os.path.join(str(ckpt_save_dir), checkpoint_utils.LATEST_NAME),
-                )
-    if pbar is not None:
-        pbar.close()
-    if kd_bar is not None:
-        kd_bar.close()
+            if rank == 0:
+                loss_value = float(loss.detach().item())
+                det_terms, kd_terms = split_terms(tb_dict)
+                postfix = {"loss": f"{loss_value:.4g}", "lr": f"{cur_lr:.3g}"}
+                postfix.update(_fmt(det_terms))
+                postfix.update({k: v for k, v in (disp_dict or {}).items() if k not in postfix})
+                pbar.set_postfix(postfix, refresh=False)
+                pbar.update()
+                if kd_terms:
+                    if kd_bar is None:
+                        kd_bar = tqdm.tqdm(total=0, leave=leave_pbar, bar_format="{desc}", dynamic_ncols=True)
+                    kd_bar.set_description_str(
+                        "  kd: " + "  ".join(f"{k}={v}" for k, v in _fmt(kd_terms).items()), refresh=True
+                    )
+                if tbar is not None:
+                    tbar.set_postfix({"total_it": accumulated_iter})
+                    tbar.refresh()
+                if tb_log is not None:
+                    tb_log.add_scalar("train/loss", loss_value, accumulated_iter)
+                    tb_log.add_scalar("meta_data/learning_rate", cur_lr, accumulated_iter)
+                    for key, value in {**det_terms, **kd_terms}.items():
+                        tb_log.add_scalar("train/" + key, value, accumulated_iter)
+                save_latest = ckpt_save_iter_interval and accumulated_iter % ckpt_save_iter_interval == 0
+                if ckpt_save_dir is not None and save_latest:
+                    checkpoint_utils.save_checkpoint(
+                        checkpoint_utils.checkpoint_state(model, optimizer, cur_epoch, accumulated_iter),
+                        os.path.join(str(ckpt_save_dir), checkpoint_utils.LATEST_NAME),
+                    )
+    finally:
+        if pbar is not None:
+            pbar.close()
+        if kd_bar is not None:
+            kd_bar.close()
     return accumulated_iter
 
 
@@ -161,31 +164,33 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
     tbar = None
     if rank == 0:
         tbar = tqdm.trange(start_epoch, total_epochs, desc="epochs", dynamic_ncols=True, leave=True)
-    for cur_epoch in range(start_epoch, total_epochs):
-        if train_sampler is not None and hasattr(train_sampler, "set_epoch"):
-            train_sampler.set_epoch(cur_epoch)
-        skip_iters = min(max(accumulated_iter - cur_epoch * total_it_each_epoch, 0), total_it_each_epoch)
-        accumulated_iter = train_one_epoch(
-            model, optimizer, train_loader, model_func, lr_scheduler=lr_scheduler,
-            accumulated_iter=accumulated_iter, optim_cfg=optim_cfg, rank=rank, tbar=tbar,
-            total_it_each_epoch=total_it_each_epoch, dataloader_iter=iter(train_loader), tb_log=tb_log,
-            leave_pbar=(cur_epoch + 1 == total_epochs), cur_epoch=cur_epoch, scaler=scaler, use_amp=use_amp,
-            device_type=device_type, skip_iters=skip_iters, ckpt_save_dir=ckpt_save_dir,
-            ckpt_save_iter_interval=ckpt_save_iter_interval, logger=logger,
-        )
-        trained_epoch = cur_epoch + 1
-        if rank == 0 and (trained_epoch % ckpt_save_interval == 0 or trained_epoch == total_epochs):
-            path = checkpoint_utils.save_checkpoint(
-                checkpoint_utils.checkpoint_state(model, optimizer, trained_epoch, accumulated_iter),
-                os.path.join(str(ckpt_save_dir), f"{checkpoint_utils.CKPT_PREFIX}{trained_epoch}.pth"),
+    try:
+        for cur_epoch in range(start_epoch, total_epochs):
+            if train_sampler is not None and hasattr(train_sampler, "set_epoch"):
+                train_sampler.set_epoch(cur_epoch)
+            skip_iters = min(max(accumulated_iter - cur_epoch * total_it_each_epoch, 0), total_it_each_epoch)
+            accumulated_iter = train_one_epoch(
+                model, optimizer, train_loader, model_func, lr_scheduler=lr_scheduler,
+                accumulated_iter=accumulated_iter, optim_cfg=optim_cfg, rank=rank, tbar=tbar,
+                total_it_each_epoch=total_it_each_epoch, dataloader_iter=iter(train_loader), tb_log=tb_log,
+                leave_pbar=(cur_epoch + 1 == total_epochs), cur_epoch=cur_epoch, scaler=scaler, use_amp=use_amp,
+                device_type=device_type, skip_iters=skip_iters, ckpt_save_dir=ckpt_save_dir,
+                ckpt_save_iter_interval=ckpt_save_iter_interval,
             )
-            checkpoint_utils.prune_checkpoints(ckpt_save_dir, max_ckpt_save_num)
-            if logger is not None:
-                logger.info(f"saved {path} (epoch {trained_epoch}, iteration {accumulated_iter})")
+            trained_epoch = cur_epoch + 1
+            if rank == 0 and (trained_epoch % ckpt_save_interval == 0 or trained_epoch == total_epochs):
+                path = checkpoint_utils.save_checkpoint(
+                    checkpoint_utils.checkpoint_state(model, optimizer, trained_epoch, accumulated_iter),
+                    os.path.join(str(ckpt_save_dir), f"{checkpoint_utils.CKPT_PREFIX}{trained_epoch}.pth"),
+                )
+                checkpoint_utils.prune_checkpoints(ckpt_save_dir, max_ckpt_save_num)
+                if logger is not None:
+                    logger.info(f"saved {path} (epoch {trained_epoch}, iteration {accumulated_iter})")
+            if tbar is not None:
+                tbar.update()
+    finally:
         if tbar is not None:
-            tbar.update()
-    if tbar is not None:
-        tbar.close()
+            tbar.close()
     return accumulated_iter
 
 

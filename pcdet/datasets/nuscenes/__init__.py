@@ -1,0 +1,1 @@
+"""nuScenes dataset (``NuScenesDataset``), info generation and the nuScenes detection metric."""

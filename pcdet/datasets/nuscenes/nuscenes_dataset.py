@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -154,41 +155,56 @@ class NuScenesDataset(DatasetTemplate):
     def evaluation(self, det_annos, class_names, **kwargs):
         """nuScenes mAP, NDS and TP errors of ``det_annos`` (``frame_id`` = sample token).
 
-        kwargs: ``output_path`` (directory for ``results_nusc.json`` and the devkit's outputs). Returns
-        ``(result_str, result_dict)``; ``('', {})`` when the infos carry no labels.
+        Like the devkit, mAP and the TP errors average over the ten detection classes (a class without ground
+        truth scores AP 0); ``mAP_present`` averages over the classes with ground truth in the split.
+        kwargs: ``output_path`` (directory for ``results_nusc.json`` and the devkit's outputs; a temporary
+        directory when absent). Returns ``(result_str, result_dict)``; ``('', {})`` when the infos carry no labels.
         """
         if len(self.infos) == 0 or "gt_boxes" not in self.infos[0]:
             return "", {}
+        unknown = [n for n in class_names if n not in nuscenes_utils.NUSCENES_CLASSES]
+        if unknown:
+            raise ValueError(f"NuScenesDataset.evaluation: classes {unknown} are not nuScenes detection classes")
         infos_by_token = {info["token"]: info for info in self.infos}
         missing = [a["frame_id"] for a in det_annos if a["frame_id"] not in infos_by_token]
         if missing:
             raise KeyError(f"NuScenesDataset.evaluation: detections for sample tokens without infos: {missing[:20]}")
-        output_path = Path(kwargs["output_path"]) if kwargs.get("output_path") else None
+        eval_classes = list(nuscenes_utils.NUSCENES_CLASSES)
         backend = self._eval_backend()
         if backend == "devkit":
-            out_dir = output_path if output_path is not None else self.root_path / "eval_output"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            submission = nuscenes_utils.det_annos_to_submission(det_annos, infos_by_token)
-            result_file = out_dir / "results_nusc.json"
-            with open(result_file, "w") as f:
-                json.dump(submission, f)
-            eval_set = {"v1.0-trainval": "val", "v1.0-mini": "mini_val", "v1.0-test": "test"}[
-                self.dataset_cfg.VERSION]
-            metrics = nuscenes_utils.devkit_evaluation(result_file, self.dataset_cfg.VERSION, self.root_path,
-                                                       out_dir, eval_set)
+            if kwargs.get("output_path"):
+                metrics = self._devkit_metrics(det_annos, infos_by_token, Path(kwargs["output_path"]))
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    metrics = self._devkit_metrics(det_annos, infos_by_token, Path(tmp))
         else:
             gt_annos = []
             for anno in det_annos:
                 info = infos_by_token[anno["frame_id"]]
                 gt = {"name": np.asarray(info["gt_names"]).astype(str),
-                      "gt_boxes_lidar": np.nan_to_num(np.asarray(info["gt_boxes"], dtype=np.float64))}
+                      "gt_boxes_lidar": np.asarray(info["gt_boxes"], dtype=np.float64)}
                 if "num_lidar_pts" in info:
                     gt["num_lidar_pts"] = np.asarray(info["num_lidar_pts"])
                 gt_annos.append(gt)
-            metrics = nuscenes_utils.nuscenes_detection_metrics(gt_annos, det_annos, class_names)
-        result_str, result_dict = nuscenes_utils.format_metrics(metrics, class_names)
-        result_str = f"nuScenes detection metric ({backend} backend)\n" + result_str
+            metrics = nuscenes_utils.nuscenes_detection_metrics(gt_annos, det_annos, eval_classes)
+        result_str, result_dict = nuscenes_utils.format_metrics(metrics, eval_classes)
+        present = sorted({str(n) for info in self.infos for n, c in
+                          zip(info["gt_names"], info.get("num_lidar_pts", np.ones(len(info["gt_names"]))))
+                          if c > 0 and n in eval_classes})
+        result_dict["mAP_present"] = float(np.mean([result_dict[f"{n}_AP"] for n in present])) if present else 0.0
+        result_str = (f"nuScenes detection metric ({backend} backend)\n" + result_str +
+                      f"mAP over the classes with ground truth ({', '.join(present)}): "
+                      f"{result_dict['mAP_present']:.4f}\n")
         return result_str, result_dict
+
+    def _devkit_metrics(self, det_annos, infos_by_token, out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result_file = out_dir / "results_nusc.json"
+        with open(result_file, "w") as f:
+            json.dump(nuscenes_utils.det_annos_to_submission(det_annos, infos_by_token), f)
+        eval_set = {"v1.0-trainval": "val", "v1.0-mini": "mini_val", "v1.0-test": "test"}[self.dataset_cfg.VERSION]
+        return nuscenes_utils.devkit_evaluation(result_file, self.dataset_cfg.VERSION, self.root_path, out_dir,
+                                                eval_set)
 
     # ------------------------------------------------------------------ GT database
     def create_groundtruth_database(self, used_classes=None, max_sweeps=10):

@@ -244,10 +244,15 @@ def det_annos_to_submission(det_annos, infos_by_token, meta=None):
     """nuScenes detection submission dict (``meta``, ``results`` per sample token) from ``det_annos``.
 
     ``det_annos[i]``: ``frame_id`` (sample token), ``name`` (K,), ``score`` (K,), ``boxes_lidar`` (K, 7 or 9).
-    Attributes are the class default (moving when the speed exceeds 0.2 m/s), as OpenPCDet writes them.
+    Attributes are the class default (moving when the speed exceeds 0.2 m/s), as OpenPCDet writes them. At most
+    ``MAX_BOXES_PER_SAMPLE`` boxes per sample are kept (the highest scores): the devkit rejects more.
     """
     results = {}
     for anno in det_annos:
+        if len(anno["name"]) > MAX_BOXES_PER_SAMPLE:
+            top = np.argsort(-np.asarray(anno["score"]), kind="stable")[:MAX_BOXES_PER_SAMPLE]
+            anno = dict(anno, name=np.asarray(anno["name"])[top], score=np.asarray(anno["score"])[top],
+                        boxes_lidar=np.asarray(anno["boxes_lidar"])[top])
         token = anno["frame_id"]
         if token not in infos_by_token:
             raise KeyError(f"nuScenes submission: detections for sample token {token} which has no info")
@@ -298,27 +303,30 @@ def _class_curves(gt_annos, det_annos, class_name, dist_th):
         for k in np.flatnonzero(np.asarray(det["name"]) == class_name):
             preds.append((float(det["score"][k]), f, int(k)))
     preds.sort(key=lambda p: -p[0])
-    taken = [np.zeros(len(g["name"]), dtype=bool) for g in gt_annos]
+    # per frame: indices and boxes of this class's ground truth, and which are matched
+    gt_idx = [np.flatnonzero(np.asarray(g["name"]) == class_name) for g in gt_annos]
+    gt_cls_boxes = [np.asarray(g["gt_boxes_lidar"], dtype=np.float64).reshape(len(g["name"]), -1)[idx]
+                    for g, idx in zip(gt_annos, gt_idx)]
+    taken = [np.zeros(len(idx), dtype=bool) for idx in gt_idx]
     tp, conf = [], []
     errs = {m: [] for m in TP_METRICS[:4]}
     match_conf = []
+    period = np.pi if class_name == "barrier" else 2 * np.pi
     for score, f, k in preds:
-        gt = gt_annos[f]
         det_box = np.asarray(det_annos[f]["boxes_lidar"][k], dtype=np.float64)
-        is_cls = np.asarray(gt["name"]) == class_name
-        gt_boxes = np.asarray(gt["gt_boxes_lidar"], dtype=np.float64).reshape(len(gt["name"]), -1)
-        best, best_d = -1, np.inf
-        for j in np.flatnonzero(is_cls & ~taken[f]):
-            d = float(np.linalg.norm(gt_boxes[j, :2] - det_box[:2]))
-            if d < best_d:
-                best, best_d = j, d
         conf.append(score)
-        if best >= 0 and best_d < dist_th:
+        boxes = gt_cls_boxes[f]
+        if len(boxes) == 0:
+            tp.append(0.0)
+            continue
+        dist = np.linalg.norm(boxes[:, :2] - det_box[:2], axis=1)
+        dist[taken[f]] = np.inf
+        best = int(np.argmin(dist))
+        if dist[best] < dist_th:
             taken[f][best] = True
             tp.append(1.0)
-            g = gt_boxes[best]
-            period = np.pi if class_name == "barrier" else 2 * np.pi
-            errs["trans_err"].append(best_d)
+            g = boxes[best]
+            errs["trans_err"].append(float(dist[best]))
             errs["scale_err"].append(_scale_error(g[3:6], det_box[3:6]))
             errs["orient_err"].append(float(_wrap_angle_diff(det_box[6], g[6], period)))
             has_vel = g.shape[0] >= 9 and det_box.shape[0] >= 9
@@ -340,10 +348,20 @@ def _class_curves(gt_annos, det_annos, class_name, dist_th):
     out["confidence"] = np.interp(rec_points, rec, np.asarray(conf), right=0)
     mc = np.asarray(match_conf)
     for m, values in errs.items():
-        cummean = np.cumsum(values) / np.arange(1, len(values) + 1)
+        cummean = _nan_cummean(np.asarray(values, dtype=np.float64))
         # error curve as a function of confidence, read at the confidence of each recall point
         out[m] = np.interp(out["confidence"][::-1], mc[::-1], cummean[::-1])[::-1]
     return out
+
+
+def _nan_cummean(x):
+    """Running mean of ``x`` skipping NaN (unknown ground-truth velocity); all NaN gives ones (worst error)."""
+    valid = ~np.isnan(x)
+    if not valid.any():
+        return np.ones(len(x))
+    sums = np.cumsum(np.where(valid, x, 0.0))
+    counts = np.cumsum(valid)
+    return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
 
 
 def _ap(precision):
@@ -388,8 +406,8 @@ def nuscenes_detection_metrics(gt_annos, det_annos, class_names):
     """nuScenes detection metric over frames with boxes in the LiDAR frame (ranges taken from the sensor).
 
     Args:
-        gt_annos: per frame ``name`` (M,), ``gt_boxes_lidar`` (M, 9) ``[x, y, z, dx, dy, dz, heading, vx, vy]``,
-            optional ``num_lidar_pts`` (M,).
+        gt_annos: per frame ``name`` (M,), ``gt_boxes_lidar`` (M, 9) ``[x, y, z, dx, dy, dz, heading, vx, vy]``
+            (NaN velocity = unknown, left out of the velocity error as in the devkit), optional ``num_lidar_pts``.
         det_annos: per frame, same order, ``name`` (K,), ``boxes_lidar`` (K, 9 or 7), ``score`` (K,).
         class_names: classes averaged into mAP (a class without ground truth scores AP 0, as in the devkit).
     Returns:

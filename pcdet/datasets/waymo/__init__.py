@@ -1,0 +1,1 @@
+"""Waymo Open Dataset (``WaymoDataset``), the optional tfrecord converter and Waymo-style AP / APH."""

@@ -15,25 +15,16 @@ Definitions (Waymo Open Dataset detection metric, v1):
       and detections are both filtered by their own centre distance.
 Matching is greedy by descending score within a frame (each ground-truth box matched once, to the highest-IoU
 unmatched box). The official C++ metric matches with a Hungarian assignment at score cut-offs and samples the
-curve, so on real data values differ slightly; ``official_available()`` tells whether ``waymo-open-dataset``
-is installed for cross-checking.
+curve, so on real data values can differ slightly; a cross-check against the official package is not wired in.
 """
-import importlib.util
-
 import numpy as np
 import torch
 
 from ...ops.iou3d_nms import iou3d_nms_utils
 
-WAYMO_CLASSES = ("Vehicle", "Pedestrian", "Cyclist", "Sign")
 IOU_THRESHOLDS = {"Vehicle": 0.7, "Pedestrian": 0.5, "Cyclist": 0.5, "Sign": 0.5}
 LEVEL_2_MAX_POINTS = 5
 RANGE_BREAKDOWN = (("0_30", 0.0, 30.0), ("30_50", 30.0, 50.0), ("50_inf", 50.0, np.inf))
-
-
-def official_available():
-    """True when the optional ``waymo-open-dataset`` package is importable (cross-checking only)."""
-    return importlib.util.find_spec("waymo_open_dataset") is not None
 
 
 def heading_accuracy(pred_heading, gt_heading):
@@ -196,4 +187,4 @@ def waymo_evaluation(gt_annos, det_annos, class_names, breakdown_by_range=True):
 
 
 __all__ = ["waymo_evaluation", "compute_class_metrics", "average_precision", "heading_accuracy", "gt_levels",
-           "official_available", "IOU_THRESHOLDS", "WAYMO_CLASSES"]
+           "IOU_THRESHOLDS"]

@@ -125,4 +125,5 @@ def convert_sequences(raw_data_path, save_path, sequence_names, workers=4, has_l
     return [info for infos in per_seq for info in infos]
 
 
-__all__ = ["convert_sequence", "convert_sequences", "frame_annos", "import_waymo", "package_available", "WAYMO_TYPE_NAMES"]
+__all__ = ["convert_sequence", "convert_sequences", "frame_annos", "import_waymo", "package_available",
+           "WAYMO_TYPE_NAMES"]

@@ -67,7 +67,9 @@ class GraphLayer(nn.Module):
             raise ValueError(f"GraphLayer: mode must be 'concat' or 'diff', got '{mode}'")
         rows = features @ w_j.t()  # (M, C')
         centre = features[query_index] @ w_i.t()  # (Q, C')
-        return self._finish(rows[idx] + centre[:, None, :])
+        q, k = idx.shape
+        edges = torch.index_select(rows, 0, idx.reshape(-1)).view(q, k, -1)
+        return self._finish(edges.add_(centre[:, None, :]))  # in place: index_select's backward needs no output
 
     def forward_edges(self, edges):
         """edges (Q, K, c_in) -> (Q, K, C'); the reference path on materialised edge features."""

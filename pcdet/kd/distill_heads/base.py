@@ -90,16 +90,14 @@ class KDHead(nn.Module):
         return cfg[key]
 
 
-def box_centre_pixels(gt_boxes, grid, stride, height, width, class_ids=None):
-    """Feature-map pixels of the centres of real GT boxes.
+def box_centre_cells(gt_boxes, grid, stride, height, width, class_ids=None):
+    """Per GT slot: whether it is a real box (class in ``class_ids``, default any) centred on the map, and its cell.
 
     gt_boxes (B, M, 8) with 1-based class id in column 7 (0 = padding); ``grid`` the network's GridInfo;
-    ``stride`` the map's stride w.r.t. the voxel grid. Only boxes with a class in ``class_ids`` (default: any real
-    class) whose centre falls on the (height, width) map are kept.
-    Returns (batch_idx (K,), iy (K,), ix (K,), class_id (K,)) int64.
+    ``stride`` the map's stride w.r.t. the voxel grid. Returns (keep (B, M) bool, iy (B, M), ix (B, M) int64).
     """
     if gt_boxes.dim() != 3 or gt_boxes.shape[-1] < 8:
-        raise ValueError(f"box_centre_pixels: gt_boxes must be (B, M, 8+), got {tuple(gt_boxes.shape)}")
+        raise ValueError(f"box_centre_cells: gt_boxes must be (B, M, 8+), got {tuple(gt_boxes.shape)}")
     cell = torch.as_tensor(grid.cell_size(stride), dtype=gt_boxes.dtype, device=gt_boxes.device)
     origin = torch.as_tensor(grid.point_cloud_range[:2], dtype=gt_boxes.dtype, device=gt_boxes.device)
     cls = gt_boxes[..., 7].long()
@@ -110,8 +108,17 @@ def box_centre_pixels(gt_boxes, grid, stride, height, width, class_ids=None):
     ix = torch.floor((gt_boxes[..., 0] - origin[0]) / cell[0]).long()
     iy = torch.floor((gt_boxes[..., 1] - origin[1]) / cell[1]).long()
     keep &= (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+    return keep, iy, ix
+
+
+def box_centre_pixels(gt_boxes, grid, stride, height, width, class_ids=None):
+    """Feature-map pixels of the centres of real GT boxes (see ``box_centre_cells``).
+
+    Returns (batch_idx (K,), iy (K,), ix (K,), class_id (K,)) int64 for the K kept boxes.
+    """
+    keep, iy, ix = box_centre_cells(gt_boxes, grid, stride, height, width, class_ids)
     b, m = torch.nonzero(keep, as_tuple=True)
-    return b, iy[b, m], ix[b, m], cls[b, m]
+    return b, iy[b, m], ix[b, m], gt_boxes[..., 7].long()[b, m]
 
 
 def bev_box_mask(gt_boxes, grid, stride, height, width):

@@ -5,7 +5,7 @@ import torch.nn as nn
 from ..adapters import ConvStack, NormalizedConv1x1, conv1x1, resample_to
 from ..losses import head_relation_inputs, masked_l1, relation_attention_loss
 from ..losses.feature import zero_like_graph
-from .base import KD_HEADS, KDHead, bev_box_mask, box_centre_pixels, channels_of, map_stride
+from .base import KD_HEADS, KDHead, bev_box_mask, box_centre_cells, box_centre_pixels, channels_of, map_stride
 
 
 def center_head_groups(model_cfg, class_names, who):
@@ -122,24 +122,22 @@ class ITKDHead(KDHead):
         return torch.cat([out[k][b, :, iy, ix] for k in keys], dim=1)
 
     def attention_terms(self, gt_boxes, heads_t, heads_s):
-        """Average over task groups of L_attn; returns (loss, fused_term, relation_term, num_objects)."""
+        """L_attn averaged over task groups; returns (loss, per-group fused terms, per-group relation terms,
+        number of objects). Objects are the real GT boxes of the group's classes centred on both maps."""
         losses, fused_terms, rel_terms, total_objects = [], [], [], 0
         for g, ((keys, sizes, ids), out_t, out_s) in enumerate(zip(self.groups, heads_t, heads_s)):
-            h_s, w_s = out_s["hm"].shape[-2:]
-            h_t, w_t = out_t["hm"].shape[-2:]
-            idx_s = box_centre_pixels(gt_boxes, self.student_grid, self.head_stride, h_s, w_s, ids)
-            idx_t = box_centre_pixels(gt_boxes, self.teacher_grid, self.teacher_head_stride, h_t, w_t, ids)
-            # X_S and X_T rows must be the same objects in the same order
-            if len(idx_s[0]) != len(idx_t[0]):
-                raise ValueError(f"ITKD: task group {g}: {len(idx_s[0])} GT centres on the student map but "
-                                 f"{len(idx_t[0])} on the teacher map; use the same point cloud range")
-            n = len(idx_s[0])
+            keep_s, iy_s, ix_s = box_centre_cells(gt_boxes, self.student_grid, self.head_stride,
+                                                  *out_s["hm"].shape[-2:], ids)
+            keep_t, iy_t, ix_t = box_centre_cells(gt_boxes, self.teacher_grid, self.teacher_head_stride,
+                                                  *out_t["hm"].shape[-2:], ids)
+            b, m = torch.nonzero(keep_s & keep_t, as_tuple=True)  # same objects, same order on both sides
+            n = int(b.numel())
             total_objects += n
             if n == 0:
-                losses.append(zero_like_graph(*[out_s[k] for k in keys]))
+                losses.append(zero_like_graph(*[out_s[k] for k in keys], *self.fusion[g].parameters()))
                 continue
-            x_s = self._gather(out_s, keys, *idx_s[:3])
-            x_t = self._gather(out_t, keys, *idx_t[:3])
+            x_s = self._gather(out_s, keys, b, iy_s[b, m], ix_s[b, m])
+            x_t = self._gather(out_t, keys, b, iy_t[b, m], ix_t[b, m])
             cat_s, rel_s = head_relation_inputs(x_s, sizes)
             cat_t, rel_t = head_relation_inputs(x_t, sizes)
             fuse = self.fusion[g]

@@ -28,9 +28,11 @@ def pointdistiller_loss(g_t, g_s, phi, valid=None, lam=1.0):
         raise ValueError(f"pointdistiller_loss: graph features {tuple(g_t.shape)} vs {tuple(g_s.shape)}")
     if phi.shape != g_t.shape[:1]:
         raise ValueError(f"pointdistiller_loss: phi {tuple(phi.shape)} does not match Q={g_t.shape[0]}")
-    err = (g_t - g_s) ** 2 * phi.to(g_s.dtype)[:, None, None]
+    # reduce over channels first so the (Q, K, C') tensor is touched by as few elementwise passes as possible
+    sq = ((g_t - g_s) ** 2).sum(dim=2)  # (Q, K)
+    weights = phi.to(g_s.dtype)[:, None].expand_as(sq)
     if valid is None:
-        return lam * err.mean()
-    mask = valid.to(g_s.dtype)[:, :, None]
+        return lam * (sq * weights).sum() / (sq.numel() * g_s.shape[2])
+    mask = valid.to(g_s.dtype)
     denom = (mask.sum() * g_s.shape[2]).clamp_min(1.0)
-    return lam * (err * mask).sum() / denom
+    return lam * (sq * weights * mask).sum() / denom
