@@ -16,6 +16,8 @@ DATASETS = Registry("datasets")
 from ..utils import common_utils  # noqa: E402  (DATASETS must exist before the dataset modules register)
 from .dataset import DatasetTemplate  # noqa: E402
 from .kitti.kitti_dataset import KittiDataset  # noqa: E402  (registers 'KittiDataset')
+from .nuscenes import nuscenes_dataset  # noqa: E402,F401  (registers 'NuScenesDataset')
+from .waymo import waymo_dataset  # noqa: E402,F401  (registers 'WaymoDataset')
 
 __all__ = ["DATASETS", "DatasetTemplate", "KittiDataset", "build_dataloader", "DistributedEvalSampler"]
 

@@ -156,3 +156,22 @@ def test_converter_needs_the_optional_package(tmp_path):
         pytest.skip("waymo-open-dataset is installed; the missing-package error cannot be observed")
     with pytest.raises(ImportError, match="waymo-open-dataset"):
         waymo_utils.convert_sequences(tmp_path, tmp_path / "out", ["segment-x"])
+
+
+def test_frame_annos_from_laser_labels():
+    from types import SimpleNamespace as NS
+
+    def label(type_id, x, heading, points, difficulty):
+        return NS(box=NS(center_x=x, center_y=2.0, center_z=1.0, length=4.0, width=2.0, height=1.5, heading=heading),
+                  type=type_id, detection_difficulty_level=difficulty, tracking_difficulty_level=0,
+                  num_lidar_points_in_box=points, metadata=NS(speed_x=1.0, speed_y=-1.0), id=f"obj{type_id}")
+
+    frame = NS(laser_labels=[label(1, 10.0, 0.5, 30, 0), label(4, 20.0, -1.0, 3, 2), label(9, 5.0, 0.0, 1, 0)])
+    annos = waymo_utils.frame_annos(frame)
+    assert list(annos["name"]) == ["Vehicle", "Cyclist", "unknown"]
+    np.testing.assert_allclose(annos["gt_boxes_lidar"][1], [20.0, 2.0, 1.0, 4.0, 2.0, 1.5, -1.0])
+    np.testing.assert_array_equal(annos["num_points_in_gt"], [30, 3, 1])
+    np.testing.assert_array_equal(annos["difficulty"], [0, 2, 0])
+    assert annos["speed_global"].shape == (3, 2)
+    empty = waymo_utils.frame_annos(NS(laser_labels=[]))
+    assert empty["gt_boxes_lidar"].shape == (0, 7)

@@ -199,6 +199,9 @@ def parse_args(argv=None):
     parser.add_argument("--preset", default="default", choices=["default", "hard"])
     parser.add_argument("--num_test_frames", type=int, default=None,
                         help="testing/ frames without labels (default num_frames // 10)")
+    parser.add_argument("--layouts", nargs="*", default=[], choices=["nuscenes", "waymo"],
+                        help="also write the same scenes in these layouts, under <out>_<layout>/ "
+                             "(see pcdet.datasets.synthetic.export_layouts)")
     return parser.parse_args(argv)
 
 
@@ -208,6 +211,23 @@ def main(argv=None):
     meta = generate_dataset(args.out, args.num_frames, args.seed, val_fraction=args.val_fraction,
                             workers=args.workers, preset=args.preset, num_test_frames=args.num_test_frames)
     print(json.dumps(meta, indent=2, sort_keys=True))
+    if args.layouts:
+        from pathlib import Path
+
+        from .export_layouts import export_layouts
+
+        out = Path(args.out)
+        for layout in args.layouts:
+            counts = export_layouts([layout], out.parent / f"{out.name}_{layout}_tmp", args.num_frames, args.seed,
+                                    args.val_fraction, args.preset, args.workers)
+            target = out.parent / f"{out.name}_{layout}"
+            if target.exists():
+                import shutil
+
+                shutil.rmtree(target)
+            (out.parent / f"{out.name}_{layout}_tmp" / layout).rename(target)
+            (out.parent / f"{out.name}_{layout}_tmp").rmdir()
+            print(f"{layout}-like layout written to {target}: {counts[layout]}")
 
 
 if __name__ == "__main__":

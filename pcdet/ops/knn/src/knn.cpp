@@ -1,15 +1,17 @@
 // kNN within scans in feature space (CPU) and graph edge features.
 //
 // knn_in_scans works per (scan, tile of queries): distance blocks come from one GEMM per (query tile x row tile)
-// (|r|^2 - 2 q.r, the |q|^2 term does not change a query's ranking), each query keeps a bounded max-heap of its k
-// best (distance, row) pairs, and the k survivors are re-ranked by the exact sum of squared differences, so
-// duplicate rows are exact ties and the query itself is at distance 0. Peak extra memory per thread:
-// tile^2 distances + tile * k heap entries.
+// (|r|^2 - 2 q.r, the |q|^2 term does not change a query's ranking). Each query buffers the rows that beat its
+// admission threshold (the k-th best distance so far) and, when the buffer of 2k fills, keeps the k best by
+// partial selection (std::nth_element), which lowers the threshold; the k survivors are re-ranked by the exact
+// sum of squared differences, so duplicate rows are exact ties and the query itself is at distance 0. Peak extra
+// memory per thread: tile^2 distances + tile * 2k candidates.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -30,30 +32,23 @@ inline bool ranks_before(scalar_t da, int64_t ia, scalar_t db, int64_t ib) {
   return da < db || (da == db && ia < ib);
 }
 
-// Max-heap under ranks_before: the root is the worst neighbour kept so far.
 template <typename scalar_t>
-void sift_down(scalar_t* d, int64_t* ix, int64_t size, int64_t pos) {
-  while (true) {
-    const int64_t l = 2 * pos + 1, r = l + 1;
-    int64_t worst = pos;
-    if (l < size && ranks_before(d[worst], ix[worst], d[l], ix[l])) worst = l;
-    if (r < size && ranks_before(d[worst], ix[worst], d[r], ix[r])) worst = r;
-    if (worst == pos) return;
-    std::swap(d[pos], d[worst]);
-    std::swap(ix[pos], ix[worst]);
-    pos = worst;
-  }
-}
+struct Candidate {
+  scalar_t dist;
+  int64_t row;
+};
 
+// Keeps the kk best of the n buffered candidates (partial selection, O(n)) and returns the new admission
+// threshold: the distance of the worst kept one once kk are kept, +inf before.
 template <typename scalar_t>
-void sift_up(scalar_t* d, int64_t* ix, int64_t pos) {
-  while (pos > 0) {
-    const int64_t parent = (pos - 1) / 2;
-    if (!ranks_before(d[parent], ix[parent], d[pos], ix[pos])) return;
-    std::swap(d[pos], d[parent]);
-    std::swap(ix[pos], ix[parent]);
-    pos = parent;
-  }
+scalar_t keep_best(Candidate<scalar_t>* cand, int64_t& n, int64_t kk) {
+  if (n < kk) return std::numeric_limits<scalar_t>::infinity();
+  auto before = [](const Candidate<scalar_t>& x, const Candidate<scalar_t>& y) {
+    return ranks_before(x.dist, x.row, y.dist, y.row);
+  };
+  std::nth_element(cand, cand + kk - 1, cand + n, before);
+  n = kk;
+  return cand[kk - 1].dist;
 }
 
 // Sum of squared differences with four partial sums: a fixed order, so identical rows give identical values.
@@ -132,49 +127,52 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
   int64_t* oidx = out_idx.data_ptr<int64_t>();
   bool* ovalid = out_valid.data_ptr<bool>();
   at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t wb, int64_t we) {
-    std::vector<scalar_t> heap_d;
-    std::vector<int64_t> heap_i, heap_n;
+    std::vector<Candidate<scalar_t>> buf;
+    std::vector<int64_t> buf_n;
+    std::vector<scalar_t> thr;
     std::vector<std::pair<scalar_t, int64_t>> ranked;
     for (int64_t w = wb; w < we; ++w) {
       const Work& job = work[w];
       const int64_t tq = job.q1 - job.q0;
       const int64_t r_begin = row_start[job.scan], r_end = row_start[job.scan + 1];
       const int64_t kk = std::min(k, r_end - r_begin);
-      heap_d.assign(tq * kk, scalar_t(0));
-      heap_i.assign(tq * kk, 0);
-      heap_n.assign(tq, 0);
+      const int64_t cap = std::max<int64_t>(2 * kk, kk + 32);
+      buf.resize(tq * cap);
+      buf_n.assign(tq, 0);
+      thr.assign(tq, std::numeric_limits<scalar_t>::infinity());
       at::Tensor qf = features.index_select(0, qrows_t.narrow(0, job.q0, tq));
       for (int64_t r0 = r_begin; r0 < r_end; r0 += tile) {
         const int64_t tr = std::min(tile, r_end - r0);
         at::Tensor dots = at::mm(qf, scan_feats.narrow(0, r0, tr).t()).contiguous();
         const scalar_t* dp = dots.data_ptr<scalar_t>();
         for (int64_t a = 0; a < tq; ++a) {
-          scalar_t* hd = heap_d.data() + a * kk;
-          int64_t* hi = heap_i.data() + a * kk;
-          int64_t& size = heap_n[a];
+          Candidate<scalar_t>* cand = buf.data() + a * cap;
+          int64_t n = buf_n[a];
+          scalar_t t = thr[a];
           const scalar_t* drow = dp + a * tr;
           for (int64_t j = 0; j < tr; ++j) {
             const scalar_t d = row_norm[r0 + j] - 2 * drow[j];
-            const int64_t gidx = rows[r0 + j];
-            if (size < kk) {
-              hd[size] = d;
-              hi[size] = gidx;
-              sift_up(hd, hi, size++);
-            } else if (ranks_before(d, gidx, hd[0], hi[0])) {
-              hd[0] = d;
-              hi[0] = gidx;
-              sift_down(hd, hi, kk, 0);
+            // Rows arrive in ascending index order, so an equal distance never beats a kept row: strict < is the
+            // contract's tie rule.
+            if (d < t) {
+              cand[n++] = {d, rows[r0 + j]};
+              if (n == cap) t = keep_best(cand, n, kk);
             }
           }
+          buf_n[a] = n;
+          thr[a] = t;
         }
       }
       for (int64_t a = 0; a < tq; ++a) {
+        Candidate<scalar_t>* cand = buf.data() + a * cap;
+        int64_t n = buf_n[a];
+        keep_best(cand, n, kk);
         const int64_t pos = query_pos[job.q0 + a];
         const int64_t self = qidx[pos];
         const scalar_t* fq = feats + self * c;
         ranked.clear();
         for (int64_t t = 0; t < kk; ++t) {
-          const int64_t j = heap_i[a * kk + t];
+          const int64_t j = cand[t].row;
           ranked.emplace_back(squared_distance(fq, feats + j * c, c), j);
         }
         std::sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) {
