@@ -1,7 +1,7 @@
 """PyTorch references of ``knn_in_scans`` and ``edge_features`` (any device; the test oracle)."""
 import torch
 
-DEFAULT_TILE = 1024
+DEFAULT_TILE = 512
 
 
 def check_knn_args(features, batch_idx, k, query_index, tile):

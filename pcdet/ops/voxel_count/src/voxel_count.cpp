@@ -29,8 +29,9 @@ void compute_linear_ids(const scalar_t* pts, int64_t n, int64_t stride, bool wit
   const scalar_t vs_s[3] = {scalar_t(vs[0]), scalar_t(vs[1]), scalar_t(vs[2])};
   const scalar_t grid_s[3] = {scalar_t(grid[0]), scalar_t(grid[1]), scalar_t(grid[2])};
   const int64_t nx = grid[0], ny = grid[1], nz = grid[2];
-  // Large grain: the pass is memory-bound and cheap, threads only pay off for big clouds.
-  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+  // Large grain: the pass is cheap and memory-bound, so threads only pay off for clouds of millions of points
+  // (and an oversubscribed OpenMP team costs more than it saves).
+  at::parallel_for(0, n, 1 << 20, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* p = pts + i * stride;
       scalar_t c[3];

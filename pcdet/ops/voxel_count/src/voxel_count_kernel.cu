@@ -82,9 +82,10 @@ std::vector<at::Tensor> voxel_point_counts_cuda(const at::Tensor& points, const 
 
   auto head_pos = at::nonzero(is_head).squeeze(1);
   const int64_t num_voxels = head_pos.size(0);
-  auto counts = at::cat({head_pos.narrow(0, 1, std::max<int64_t>(num_voxels - 1, 0)),
-                         at::full({num_voxels > 0 ? 1 : 0}, m, options)})
-                    .sub_(head_pos);
+  at::Tensor counts = at::empty({0}, options);
+  if (num_voxels > 0) {
+    counts = at::cat({head_pos.narrow(0, 1, num_voxels - 1), at::full({1}, m, options)}).sub_(head_pos);
+  }
   auto head_keys = keys.index_select(0, head_pos);
   std::vector<at::Tensor> cols;
   if (with_batch_idx) cols.push_back(head_keys.div(nx * ny * nz, "floor"));
