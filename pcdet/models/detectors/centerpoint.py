@@ -1,11 +1,11 @@
 """CenterPoint (Yin et al., CVPR 2021): voxel or pillar encoder, BEV backbone, anchor-free ``CenterHead``."""
 from .. import batch_keys as K
 from . import DETECTORS
-from .detector3d_template import Detector3DTemplate
+from .detector3d_template import SingleStageDetector
 
 
 @DETECTORS.register
-class CenterPoint(Detector3DTemplate):
+class CenterPoint(SingleStageDetector):
     """Single-stage CenterPoint.
 
     Voxel variant: MeanVFE -> VoxelResBackBone8x -> HeightCompression -> BaseBEVBackbone -> CenterHead.
@@ -14,25 +14,6 @@ class CenterPoint(Detector3DTemplate):
     ``forward(batch_dict)``: training -> ``({'loss'}, tb_dict, disp_dict)``; eval -> ``(pred_dicts, recall_dict)``
     with ``pred_dicts[b] = {'pred_boxes' (K, 7 [+2]), 'pred_scores' (K,), 'pred_labels' (K,) 1-based}``.
     """
-
-    def __init__(self, model_cfg, num_class, dataset):
-        super().__init__(model_cfg=model_cfg, num_class=num_class, dataset=dataset)
-        self.module_list = self.build_networks()
-        if self.dense_head is None or not hasattr(self.dense_head, "get_loss"):
-            raise ValueError("CenterPoint: MODEL.DENSE_HEAD must name a head with get_loss (e.g. CenterHead)")
-
-    def forward(self, batch_dict):
-        batch_dict = self.run_modules(batch_dict)
-        if self.training:
-            loss, tb_dict, disp_dict = self.get_training_loss()
-            return {"loss": loss}, tb_dict, disp_dict
-        return self.post_processing(batch_dict)
-
-    def get_training_loss(self):
-        """Returns (loss scalar, tb_dict with ``loss_rpn`` and the head's terms, disp_dict)."""
-        loss_rpn, tb_dict = self.dense_head.get_loss()
-        tb_dict = {"loss_rpn": loss_rpn.item(), **tb_dict}
-        return loss_rpn, tb_dict, {}
 
     def post_processing(self, batch_dict):
         """The head already decoded and suppressed boxes into ``final_box_dicts``; add recall statistics.

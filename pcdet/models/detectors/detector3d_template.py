@@ -491,3 +491,29 @@ class Detector3DTemplate(nn.Module):
             _log(logger, f"==> Checkpoint trained from version: {checkpoint['version']}")
         _log(logger, "==> Done")
         return it, epoch
+
+
+class SingleStageDetector(Detector3DTemplate):
+    """A one-stage detector: the configured modules in order, the dense head's loss, its post-processing.
+
+    ``forward(batch_dict)``: training -> ``({'loss'}, tb_dict, disp_dict)``; eval -> ``(pred_dicts, recall_dict)``.
+    """
+
+    def __init__(self, model_cfg, num_class, dataset):
+        super().__init__(model_cfg=model_cfg, num_class=num_class, dataset=dataset)
+        self.module_list = self.build_networks()
+        if self.dense_head is None or not hasattr(self.dense_head, "get_loss"):
+            raise ValueError(f"{type(self).__name__}: MODEL.DENSE_HEAD must name a head with get_loss")
+
+    def forward(self, batch_dict):
+        batch_dict = self.run_modules(batch_dict)
+        if self.training:
+            loss, tb_dict, disp_dict = self.get_training_loss()
+            return {"loss": loss}, tb_dict, disp_dict
+        return self.post_processing(batch_dict)
+
+    def get_training_loss(self):
+        """Returns (loss scalar, tb_dict with ``loss_rpn`` and the head's terms, disp_dict)."""
+        loss_rpn, tb_dict = self.dense_head.get_loss()
+        tb_dict = {"loss_rpn": loss_rpn.item(), **tb_dict}
+        return loss_rpn, tb_dict, {}
