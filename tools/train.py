@@ -171,6 +171,8 @@ def run(args, cfg, dist_train, world_size, rank, device):
             model, optimizer, resume_from, map_location=device, logger=logger
         )
 
+    teacher = getattr(model, "teacher", None)
+    teacher_digest_start = dist_utils.model_digest(teacher.model, buffers=True) if teacher is not None else None
     model.train()
     if dist_train:
         find_unused = cfg.OPTIMIZATION.get("FIND_UNUSED_PARAMETERS", "KD" in cfg)
@@ -198,11 +200,19 @@ def run(args, cfg, dist_train, world_size, rank, device):
         ckpt_save_iter_interval=args.ckpt_save_iter_interval, logger=logger,
     )
     digests = dist_utils.all_gather_object(dist_utils.model_digest(model))
+    teacher_digests = None
+    if teacher_digest_start is not None:
+        end = dist_utils.model_digest(teacher.model, buffers=True)
+        teacher_digests = dist_utils.all_gather_object({"start": teacher_digest_start, "end": end})
     if rank == 0:
         for r, digest in enumerate(digests):
             logger.info(f"weights digest rank {r}: {digest}")
+        record = {"digests": digests, "it": final_it, "world_size": world_size}
+        if teacher_digests is not None:
+            logger.info(f"teacher digest (parameters and buffers) before/after training per rank: {teacher_digests}")
+            record["teacher_digests"] = teacher_digests
         with open(output_dir / "log" / "weights_digest.json", "w") as f:
-            json.dump({"digests": digests, "it": final_it, "world_size": world_size}, f)
+            json.dump(record, f)
         if tb_log is not None:
             tb_log.close()
     logger.info(f"**********************end training {cfg.TAG}/{args.extra_tag}**********************")

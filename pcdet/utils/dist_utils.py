@@ -209,14 +209,17 @@ def wrap_ddp(model, device, find_unused_parameters=False):
     return nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
 
 
-def model_digest(model):
-    """SHA-1 over the names and bytes of the unwrapped model's parameters.
+def model_digest(model, buffers=False):
+    """SHA-1 over the names and bytes of the unwrapped model's parameters (and buffers when ``buffers``).
 
     Ranks of a DDP job hold bit-identical parameters, so their digests are equal; any drift changes it.
-    Buffers are left out: BatchNorm running statistics are updated locally by each rank's last forward.
+    Buffers are left out by default: BatchNorm running statistics are updated locally by each rank's last
+    forward. A frozen teacher is digested with its buffers: nothing may change them.
     """
     sha = hashlib.sha1()
-    for name, tensor in unwrap_model(model).named_parameters():
+    module = unwrap_model(model)
+    named = list(module.named_parameters()) + (list(module.named_buffers()) if buffers else [])
+    for name, tensor in named:
         if torch.is_tensor(tensor):
             sha.update(name.encode())
             sha.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

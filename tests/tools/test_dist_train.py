@@ -102,3 +102,26 @@ def test_a_failing_rank_stops_the_whole_job(tmp_path, data_root):
     assert proc.returncode != 0
     assert "NonFiniteLossError" in proc.stderr and "iteration 1 (epoch 0)" in proc.stderr, proc.stderr[-3000:]
     assert not list((out / EXP / "fail" / "ckpt").iterdir())
+
+
+def test_distillation_under_ddp_keeps_ranks_equal_and_teacher_untouched(tmp_path, data_root):
+    out = tmp_path / "output"
+    flags, sets = _flags(out, data_root, "teacher")
+    _run([sys.executable, "train.py"] + flags + ["--epochs", "1", "--max_iters_per_epoch", "1", "--skip_eval",
+                                                 "--fix_random_seed"] + sets)
+    teacher_ckpt = out / EXP / "teacher" / "ckpt" / "checkpoint_epoch_1.pth"
+    kd_flags, kd_sets = _flags(out, data_root, "kd")
+    kd_flags[kd_flags.index(CFG)] = "cfgs/kd/itkd_centerpoint_pillar.yaml"
+    _run(["bash", "scripts/dist_train.sh", "2"] + kd_flags
+         + ["--epochs", "1", "--max_iters_per_epoch", "2", "--fix_random_seed", "--skip_eval",
+            "--teacher_ckpt", str(teacher_ckpt)] + kd_sets)
+    exp = out / "kd" / "itkd_centerpoint_pillar" / "kd"
+    record = json.loads((exp / "log" / "weights_digest.json").read_text())
+    assert record["world_size"] == 2 and record["it"] == 2
+    assert record["digests"][0] == record["digests"][1], "student + distillation heads differ across ranks"
+    teacher = record["teacher_digests"]
+    assert len(teacher) == 2
+    # teacher parameters and BatchNorm buffers: the same on both ranks, and unchanged by two KD steps
+    assert teacher[0]["start"] == teacher[0]["end"] == teacher[1]["start"] == teacher[1]["end"]
+    log = next((exp / "log").glob("train_*.log")).read_text()
+    assert "distributed: 2 processes" in log and "heads ['itkd']" in log
