@@ -44,7 +44,8 @@ def _ap(gt_objects, dt_objects, **kw):
 def test_ground_truth_as_detections_gives_100():
     results = kitti_eval.evaluate_self_check(num_frames=30, objects_per_frame=15, seed=1)
     perfect, noisy = results["perfect"][1], results["noisy"][1]
-    assert len(perfect) == 3 * 4 * 3 * 2
+    assert len(perfect) == 3 * 4 * 3 * 2 * 2   # classes x metrics x difficulties x R11/R40 x strict/loose
+    assert perfect["Car_3d/moderate_R40_loose"] == pytest.approx(100.0)
     assert all(v == pytest.approx(100.0) for v in perfect.values())
     assert 0 < noisy["Car_3d/moderate_R40"] < noisy["Car_image/moderate_R40"] < 100
 

@@ -405,7 +405,9 @@ def get_official_eval_result(gt_annos, dt_annos, current_classes, PR_detail_dict
         dontcare_all_metrics: apply the DontCare rule to BEV/3D too (devkit) instead of 2D only (OpenPCDet).
     Returns:
         (result_str, result_dict): the printed table (strict and loose overlap sets, R11 and R40) and a dict
-        with keys ``'<Class>_<3d|bev|image|aos>/<easy|moderate|hard>_<R40|R11>'`` for the strict set.
+        with keys ``'<Class>_<3d|bev|image|aos>/<easy|moderate|hard>_<R40|R11>'`` for the strict overlap set
+        (Car 0.7, Pedestrian / Cyclist 0.5) and the same keys ending in ``_loose`` for the loose set
+        (0.5 / 0.25 / 0.25 for BEV and 3D).
     """
     _check_annos(gt_annos, "gt_annos", need_score=False)
     _check_annos(dt_annos, "dt_annos", need_score=True)
@@ -429,10 +431,9 @@ def get_official_eval_result(gt_annos, dt_annos, current_classes, PR_detail_dict
                         continue
                     vals = aps[key][which][m, :, k]
                     lines.append(f"{printed} AP:{vals[0]:.4f}, {vals[1]:.4f}, {vals[2]:.4f}")
-                    if k == 0:
-                        tag = "_R40" if which == 1 else "_R11"
-                        for d, diff in enumerate(DIFFICULTIES):
-                            result_dict[f"{name}_{dict_name}/{diff}{tag}"] = float(vals[d])
+                    tag = ("_R40" if which == 1 else "_R11") + ("" if k == 0 else "_loose")
+                    for d, diff in enumerate(DIFFICULTIES):
+                        result_dict[f"{name}_{dict_name}/{diff}{tag}"] = float(vals[d])
     return "\n".join(lines) + "\n", result_dict
 
 
