@@ -100,7 +100,7 @@ def main(argv=None):
                 class_names = cfg.CLASS_NAMES
             pred = predict(model, batch, device)
             mask = pred["pred_scores"] >= args.score_thresh
-            box_sets[f"{name} ({int(mask.sum())})"] = (pred["pred_boxes"][mask], COLORS[i % len(COLORS)])
+            box_sets[name] = (pred["pred_boxes"][mask], COLORS[i % len(COLORS)])
         out = Path(args.out_dir) / f"bev_{frame_id}.png"
         draw_bev(points, gt_boxes=gt_boxes, class_names=class_names, out_file=out, point_cloud_range=pc_range,
                  extra_box_sets=box_sets, title=f"frame {frame_id}: GT green; score >= {args.score_thresh}")
