@@ -91,24 +91,31 @@ class VoxelBackBone8x(nn.Module):
         ``encoded_spconv_tensor`` (SparseConvTensor, C = 128 * width, spatial (nz', ny / 8, nx / 8)),
         ``encoded_spconv_tensor_stride`` (8) and ``multi_scale_3d_features`` {x_conv1..x_conv4}."""
         check_keys(batch_dict, self.REQUIRED_KEYS, type(self).__name__)
-        voxel_features, voxel_coords = batch_dict[VOXEL_FEATURES], batch_dict[VOXEL_COORDS]
-        input_sp_tensor = spconv.SparseConvTensor(
-            features=voxel_features,
-            indices=voxel_coords.int().contiguous(),  # spconv reads row-major indices
-            spatial_shape=self.sparse_shape,
-            batch_size=batch_dict[BATCH_SIZE],
-        )
-        x = self.conv_input(input_sp_tensor)
-        x_conv1 = self.conv1(x)
-        x_conv2 = self.conv2(x_conv1)
-        x_conv3 = self.conv3(x_conv2)
-        x_conv4 = self.conv4(x_conv3)
-        out = self.conv_out(x_conv4)
+        return encode_8x(self, batch_dict)
 
-        batch_dict[ENCODED_SPCONV_TENSOR] = out
-        batch_dict[ENCODED_SPCONV_TENSOR_STRIDE] = 8
-        batch_dict[MULTI_SCALE_3D_FEATURES] = {
-            "x_conv1": x_conv1, "x_conv2": x_conv2, "x_conv3": x_conv3, "x_conv4": x_conv4,
-        }
-        batch_dict[MULTI_SCALE_3D_STRIDES] = {"x_conv1": 1, "x_conv2": 2, "x_conv3": 4, "x_conv4": 8}
-        return batch_dict
+
+def encode_8x(backbone, batch_dict):
+    """The forward shared by the 8x sparse backbones (plain and residual): conv_input, conv1..conv4, conv_out.
+
+    Reads ``voxel_features`` (V, C_in), ``voxel_coords`` (V, 4) [b, z, y, x], ``batch_size``; writes
+    ``encoded_spconv_tensor``, ``encoded_spconv_tensor_stride`` (8), ``multi_scale_3d_features`` and
+    ``multi_scale_3d_strides`` {x_conv1..x_conv4}.
+    """
+    input_sp_tensor = spconv.SparseConvTensor(
+        features=batch_dict[VOXEL_FEATURES],
+        indices=batch_dict[VOXEL_COORDS].int().contiguous(),  # spconv silently misreads non-contiguous indices
+        spatial_shape=backbone.sparse_shape,
+        batch_size=batch_dict[BATCH_SIZE],
+    )
+    x = backbone.conv_input(input_sp_tensor)
+    x_conv1 = backbone.conv1(x)
+    x_conv2 = backbone.conv2(x_conv1)
+    x_conv3 = backbone.conv3(x_conv2)
+    x_conv4 = backbone.conv4(x_conv3)
+    batch_dict[ENCODED_SPCONV_TENSOR] = backbone.conv_out(x_conv4)
+    batch_dict[ENCODED_SPCONV_TENSOR_STRIDE] = 8
+    batch_dict[MULTI_SCALE_3D_FEATURES] = {
+        "x_conv1": x_conv1, "x_conv2": x_conv2, "x_conv3": x_conv3, "x_conv4": x_conv4,
+    }
+    batch_dict[MULTI_SCALE_3D_STRIDES] = {"x_conv1": 1, "x_conv2": 2, "x_conv3": 4, "x_conv4": 8}
+    return batch_dict

@@ -11,6 +11,7 @@ from ...utils.spconv_utils import replace_feature, spconv
 from .. import batch_keys as K
 from ..model_utils.width import module_width, scaled
 from . import BACKBONES_3D
+from .spconv_backbone import encode_8x
 
 
 def _down_block(in_channels, out_channels, norm_fn, padding, indice_key):
@@ -96,7 +97,8 @@ class VoxelResBackBone8x(nn.Module):
     """
 
     REQUIRED_KEYS = (K.VOXEL_FEATURES, K.VOXEL_COORDS, K.BATCH_SIZE)
-    PROVIDED_KEYS = (K.ENCODED_SPCONV_TENSOR, K.ENCODED_SPCONV_TENSOR_STRIDE, K.MULTI_SCALE_3D_FEATURES)
+    PROVIDED_KEYS = (K.ENCODED_SPCONV_TENSOR, K.ENCODED_SPCONV_TENSOR_STRIDE, K.MULTI_SCALE_3D_FEATURES,
+                     K.MULTI_SCALE_3D_STRIDES)
 
     def __init__(self, model_cfg, input_channels, grid_size, width=None, **kwargs):
         super().__init__()
@@ -153,22 +155,4 @@ class VoxelResBackBone8x(nn.Module):
                 f"VoxelResBackBone8x: expected voxel_features (V, C) and voxel_coords (V, 4), got "
                 f"{tuple(voxel_features.shape)} and {tuple(voxel_coords.shape)}"
             )
-        x = spconv.SparseConvTensor(
-            features=voxel_features,
-            indices=voxel_coords.int(),
-            spatial_shape=self.sparse_shape,
-            batch_size=batch_dict[K.BATCH_SIZE],
-        )
-        x = self.conv_input(x)
-        x_conv1 = self.conv1(x)
-        x_conv2 = self.conv2(x_conv1)
-        x_conv3 = self.conv3(x_conv2)
-        x_conv4 = self.conv4(x_conv3)
-        out = self.conv_out(x_conv4)
-
-        batch_dict[K.ENCODED_SPCONV_TENSOR] = out
-        batch_dict[K.ENCODED_SPCONV_TENSOR_STRIDE] = 8
-        batch_dict[K.MULTI_SCALE_3D_FEATURES] = {
-            "x_conv1": x_conv1, "x_conv2": x_conv2, "x_conv3": x_conv3, "x_conv4": x_conv4,
-        }
-        return batch_dict
+        return encode_8x(self, batch_dict)
