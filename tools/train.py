@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from eval_utils import eval_utils
 from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config
 from pcdet.utils import checkpoint_utils, common_utils, dist_utils
@@ -81,7 +83,12 @@ def build_training_model(cfg, args, train_set, device, logger):
         from pcdet.kd import build_distiller
 
         model = build_distiller(cfg, model, train_set, logger, teacher_ckpt=args.teacher_ckpt)
-    return model.to(device)
+    model = model.to(device)
+    if cfg.OPTIMIZATION.get("CHANNELS_LAST", False):
+        # NHWC weights (4-D only) let oneDNN / cuDNN pick their fastest dense-conv kernels; state_dict keys unchanged
+        common_utils.to_channels_last(model)
+        logger.info("OPTIMIZATION.CHANNELS_LAST: dense conv weights in channels_last memory format")
+    return model
 
 
 def evaluate_after_training(cfg, args, output_dir, ckpt_dir, total_epochs, dist_train, device, logger):
@@ -183,9 +190,12 @@ def run(args, cfg, dist_train, world_size, rank, device):
     if args.max_iters_per_epoch is not None:
         total_it_each_epoch = min(total_it_each_epoch, args.max_iters_per_epoch)
     lr_scheduler = build_scheduler(optimizer, total_it_each_epoch, args.epochs, start_iter - 1, cfg.OPTIMIZATION)
-    use_amp = bool(cfg.OPTIMIZATION.get("USE_AMP", False)) and device.type == "cuda"
-    if cfg.OPTIMIZATION.get("USE_AMP", False) and not use_amp:
-        logger.info("OPTIMIZATION.USE_AMP ignored: mixed precision is used on CUDA only")
+    use_amp = bool(cfg.OPTIMIZATION.get("USE_AMP", False))
+    amp_dtype = common_utils.amp_dtype(cfg.OPTIMIZATION.get("AMP_DTYPE", "fp16" if device.type == "cuda" else "bf16"),
+                                       "OPTIMIZATION.AMP_DTYPE")
+    if use_amp:
+        logger.info(f"mixed precision: autocast {amp_dtype} on {device.type}"
+                    f"{', loss scaling' if amp_dtype == torch.float16 else ''}; losses in float32")
 
     from pcdet.models import model_fn_decorator
 
@@ -196,7 +206,7 @@ def run(args, cfg, dist_train, world_size, rank, device):
         optim_cfg=cfg.OPTIMIZATION, start_epoch=start_epoch, total_epochs=args.epochs, start_iter=start_iter,
         rank=rank, tb_log=tb_log, ckpt_save_dir=ckpt_dir, train_sampler=train_sampler,
         ckpt_save_interval=args.ckpt_save_interval, max_ckpt_save_num=args.max_ckpt_save_num,
-        total_it_each_epoch=total_it_each_epoch, use_amp=use_amp, device_type=device.type,
+        total_it_each_epoch=total_it_each_epoch, use_amp=use_amp, device_type=device.type, amp_dtype=amp_dtype,
         ckpt_save_iter_interval=args.ckpt_save_iter_interval, logger=logger,
     )
     digests = dist_utils.all_gather_object(dist_utils.model_digest(model))

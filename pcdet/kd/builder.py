@@ -30,7 +30,13 @@ def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, examp
     teacher_cfg, teacher_cfg_path = load_teacher_cfg(cfg, cfg_file)
     teacher_view = prepare_kd_dataset(cfg, dataset, logger, teacher_cfg=teacher_cfg)
     ckpt = teacher_ckpt or cfg.KD.TEACHER.get("CKPT")
-    teacher = build_teacher(teacher_cfg, teacher_cfg_path, ckpt, teacher_view, logger)
+    known = {"CFG_FILE", "CKPT", "PRECISION", "CHANNELS_LAST"}
+    unknown = sorted(set(cfg.KD.TEACHER) - known)
+    if unknown:
+        raise KeyError(f"KD.TEACHER: unknown keys {unknown} (known: {sorted(known)})")
+    teacher = build_teacher(teacher_cfg, teacher_cfg_path, ckpt, teacher_view, logger,
+                            precision=cfg.KD.TEACHER.get("PRECISION"),
+                            channels_last=bool(cfg.KD.TEACHER.get("CHANNELS_LAST", False)))
     device = _model_device(student)
     teacher.to(device)
     if example_batch is None:

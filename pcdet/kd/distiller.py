@@ -10,6 +10,7 @@ import torch.nn as nn
 from ..models.batch_keys import KD_TEACHER_INPUTS
 from .distill_heads import KD_HEADS, GridInfo, KDContext
 from .recorders import RecorderManager, expand_taps
+from ..utils.common_utils import autocast_off, to_float32
 from .teacher import record_truncated
 
 
@@ -156,10 +157,14 @@ class Distiller(nn.Module):
         total = self.det_loss_weight * det_loss
         tb_dict = dict(tb_dict)
         tb_dict["det_loss"] = det_loss.item()
+        # distillation losses in float32 whatever the autocast of the step (mixed-precision taps are upcast)
+        t_rec, s_rec = to_float32(t_rec), to_float32(s_rec)
         for name, head in self.kd_heads.items():
             feats = {role: ([t_rec[t] for t in tl], [s_rec[s] for s in sl])
                      for role, (tl, sl) in self.head_taps[name].items()}
-            for term, value in head(feats, student_batch, teacher_batch).items():
+            with autocast_off(det_loss):
+                terms = head(feats, student_batch, teacher_batch)
+            for term, value in terms.items():
                 total = total + value
                 tb_dict[term] = value.item()
         tb_dict["loss"] = total.item()

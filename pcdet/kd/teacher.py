@@ -104,11 +104,33 @@ class FrozenTeacher:
     ``model`` is the detector; ``to(device)`` moves it; ``record(batch_dict, taps)`` runs it truncated.
     """
 
-    def __init__(self, model, cfg_file=None, ckpt=None):
+    def __init__(self, model, cfg_file=None, ckpt=None, precision=None):
         self.model = model
         self.cfg_file = cfg_file
         self.ckpt = ckpt
+        self.precision = self._check_precision(precision)
         self.freeze()
+
+    @staticmethod
+    def _check_precision(precision):
+        """None: the step's own autocast; 'fp32': autocast off; 'bf16' / 'fp16': the teacher under that autocast."""
+        if precision is None or str(precision).lower() in ("none", "null", "auto"):
+            return None
+        if str(precision).lower() in ("fp32", "float32"):
+            return "fp32"
+        from ..utils.common_utils import amp_dtype
+        amp_dtype(precision, "KD.TEACHER.PRECISION")
+        return str(precision).lower()
+
+    def _autocast(self):
+        import contextlib
+        if self.precision is None:
+            return contextlib.nullcontext()
+        device_type = self.device.type
+        if self.precision == "fp32":
+            return torch.autocast(device_type=device_type, enabled=False)
+        from ..utils.common_utils import amp_dtype
+        return torch.autocast(device_type=device_type, dtype=amp_dtype(self.precision, "KD.TEACHER.PRECISION"))
 
     def freeze(self):
         for p in self.model.parameters():
@@ -131,11 +153,11 @@ class FrozenTeacher:
     def record(self, batch_dict, taps):
         """Teacher features at ``taps`` for ``batch_dict`` (its own shallow copy), detached."""
         self.model.eval()  # re-asserted every call: nothing the student does can put the teacher's BN in train
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             return record_truncated(self.model, batch_dict, taps, detach=True, who="KD teacher")
 
 
-def build_teacher(teacher_cfg, cfg_path, ckpt, dataset_view, logger=None):
+def build_teacher(teacher_cfg, cfg_path, ckpt, dataset_view, logger=None, precision=None, channels_last=False):
     """Build the teacher from its config and strictly load ``ckpt``; never returns a randomly initialised teacher.
 
     ``dataset_view``: the dataset (or a GeometryView of it with the teacher's grid).
@@ -155,9 +177,13 @@ def build_teacher(teacher_cfg, cfg_path, ckpt, dataset_view, logger=None):
     except (CheckpointReadError, CheckpointMismatchError) as exc:
         raise TeacherError(f"KD teacher: cannot load checkpoint {ckpt} into {teacher_cfg.MODEL.NAME} built from "
                            f"{cfg_path}:\n{exc}") from exc
-    teacher = FrozenTeacher(model, cfg_path, ckpt)
+    teacher = FrozenTeacher(model, cfg_path, ckpt, precision=precision)
+    if channels_last:
+        from ..utils.common_utils import to_channels_last
+        to_channels_last(model)
     if logger is not None:
         logger.info(f"KD teacher: {teacher_cfg.MODEL.NAME} from {cfg_path} (WIDTH "
                     f"{teacher_cfg.MODEL.get('WIDTH', 1.0)}), checkpoint {ckpt} (epoch "
-                    f"{checkpoint.get('epoch', 'n/a')}), {teacher.num_parameters():,} parameters, frozen")
+                    f"{checkpoint.get('epoch', 'n/a')}), {teacher.num_parameters():,} parameters, frozen; precision "
+                    f"{teacher.precision or 'as the training step'}{', channels_last' if channels_last else ''}")
     return teacher

@@ -147,3 +147,50 @@ class AverageMeter:
         self.sum += val * n
         self.count += n
         self.avg = self.sum / self.count if self.count > 0 else 0.0
+
+
+# ---------------------------------------------------------------------- mixed precision
+AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def amp_dtype(name, who):
+    """Map a config string ('bf16', 'fp16', ...) to a torch dtype; an unknown name raises naming ``who``."""
+    key = str(name).lower()
+    if key not in AMP_DTYPES:
+        raise ValueError(f"{who}: unknown mixed-precision dtype '{name}' (use one of {sorted(AMP_DTYPES)})")
+    return AMP_DTYPES[key]
+
+
+def to_float32(obj):
+    """Copy of ``obj`` (tensor, or dict / list / tuple of them) with every fp16 / bf16 tensor cast to float32.
+
+    Used where mixed-precision outputs enter fp32-only work (detection losses, distillation losses).
+    """
+    if torch.is_tensor(obj):
+        return obj.float() if obj.dtype in (torch.float16, torch.bfloat16) else obj
+    if isinstance(obj, dict):
+        return {k: to_float32(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_float32(v) for v in obj)
+    if hasattr(obj, "features") and hasattr(obj, "replace_feature") and torch.is_tensor(obj.features):
+        return obj.replace_feature(to_float32(obj.features))  # spconv SparseConvTensor
+    return obj
+
+
+def autocast_off(tensor_or_module):
+    """A context that disables autocast for the device of a tensor or a module's first parameter."""
+    device = tensor_or_module.device if torch.is_tensor(tensor_or_module) else \
+        next(tensor_or_module.parameters(), torch.empty(0)).device
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def to_channels_last(module):
+    """Put the 4-D parameters of ``module`` (2D conv weights) in channels_last memory format, in place.
+
+    ``nn.Module.to(memory_format=...)`` refuses models that also hold 5-D (3D / sparse conv) weights; this touches
+    only 4-D tensors. Values, names and shapes are unchanged (state_dicts load either way). Returns ``module``.
+    """
+    for param in module.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
+    return module

@@ -94,3 +94,17 @@ def replace_feature(out, new_features):
         return out.replace_feature(new_features)
     out.features = new_features
     return out
+
+
+def sparse_precision(features):
+    """(context, features) for running spconv layers on ``features`` under the ambient autocast.
+
+    spconv has no bfloat16 kernels (and none for half on CPU), so where autocast would hand them such a dtype the
+    sparse part runs in float32 with autocast off; CUDA fp16 autocast is left alone (spconv supports it there).
+    """
+    device_type = features.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext(), features
+    if device_type == "cuda" and torch.get_autocast_dtype("cuda") == torch.float16:
+        return contextlib.nullcontext(), features
+    return torch.autocast(device_type=device_type, enabled=False), features.float()

@@ -200,7 +200,8 @@ def test_pointdistiller_topn_knn_within_scans_and_phi(monkeypatch):
     assert (seen["idx"][:, 0] == seen["query"]).all()  # self is the nearest
     out["kd_pointdistiller"].backward()
     assert f_s.grad.abs().sum() > 0
-    assert head.graph_t.conv.weight.grad is not None
+    assert head.graph_s.conv.weight.grad is not None
+    assert head.graph_t.conv.weight.grad is None  # default TEACHER_GRAPH 'frozen': a fixed random projection
 
 
 def test_pointdistiller_loss_matches_formula_by_hand():
@@ -296,3 +297,37 @@ def test_itkd_attention_uses_only_objects_on_both_maps():
     loss.backward()
     # the Pedestrian of scan 1 at (3.3, 0.4) lands on student cell (y=0, x=6) of the 0.5 m map
     assert torch.count_nonzero(x_s[1]["hm"].grad) == 2 and x_s[1]["hm"].grad[1, :, 0, 6].abs().sum() > 0
+
+
+def _train_pd_modules_only(mode, steps=300, rows=400):
+    """Train only PointDistiller's graph layers on fixed, unrelated teacher / student rows (nothing to learn)."""
+    torch.manual_seed(0)
+    cfg = EasyDict({"NAME": "PointDistiller", "TEACHER_TAP": "t", "STUDENT_TAP": "s", "NUM_KEEP": 150, "K": 8,
+                    "TAU": 1.0, "LOSS_WEIGHT": 2.0, "GRAPH_CHANNELS": 8, "TEACHER_GRAPH": mode})
+    head = KD_HEADS.get("PointDistiller")(cfg, _ctx({"feature": ([(rows, 16)], [(rows, 8)])}))
+    coords = torch.zeros(rows, 4, dtype=torch.long)
+    coords[rows // 2:, 0] = 1
+    batch = {"voxel_coords": coords, "voxel_num_points_raw": torch.randint(1, 30, (rows,))}
+    f_t, f_s = torch.relu(torch.randn(rows, 16)), torch.relu(torch.randn(rows, 8))
+    opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=0.01)
+    losses = []
+    for _ in range(steps):
+        loss = head({"feature": ([f_t], [f_s])}, batch)["kd_pointdistiller"]
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return head, losses[0], losses[-1]
+
+
+def test_pointdistiller_graph_layers_cannot_zero_the_loss_alone():
+    head, start, end = _train_pd_modules_only("frozen")
+    assert not head.graph_t.conv.weight.requires_grad and not head.graph_t.bn.affine
+    assert end > 0.25 * start, (start, end)  # measured: 1.25 -> 0.46 (36%)
+    # the authors' two free layers learn a common near-constant output: the loss vanishes with nothing distilled
+    _, start_free, end_free = _train_pd_modules_only("trainable")
+    assert end_free < 0.01 * start_free, (start_free, end_free)  # measured: 1.25 -> 0.0004
+    _, _, end_norm = _train_pd_modules_only("normalized")  # non-affine BN alone is not enough
+    assert end_free < end_norm < end, (end_free, end_norm, end)  # measured: 0.0004 < 0.033 < 0.46
+    with pytest.raises(ValueError, match="TEACHER_GRAPH"):
+        _pd(6, 3, TEACHER_GRAPH="fixed")

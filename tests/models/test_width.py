@@ -145,3 +145,22 @@ def test_summary_of_detector_per_module():
     assert set(out["per_module"]) == {"vfe", "backbone_3d", "map_to_bev_module", "backbone_2d", "dense_head"}
     assert out["per_module"]["backbone_3d"]["flops"] == sum(v["flops"] for v in out["sparse_layers"].values())
     assert out["flops"] >= sum(row["flops"] for row in out["per_module"].values()) > 0
+
+
+@pytest.mark.parametrize("name", ["pointpillar", "second"])
+def test_training_step_under_bf16_autocast(name):
+    """OPTIMIZATION.USE_AMP on CPU: bf16 autocast; spconv (no bf16 kernels) runs its part in float32, losses are
+    float32 and every parameter gets a finite gradient."""
+    from pcdet.utils.common_utils import to_channels_last
+    voxel_size, max_points = CASES[name]
+    torch.manual_seed(0)
+    model = to_channels_last(build(name, 0.25)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ret, tb, _ = model(load_data_to_device(make_batch(voxel_size, max_points)))
+    loss = ret["loss"]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if name == "second":  # the sparse backbone learned in float32 under the bf16 autocast
+        assert model.backbone_3d.conv_input[0].weight.grad.abs().sum() > 0

@@ -114,3 +114,21 @@ def test_create_logger_writes_file_and_rank_filter(tmp_path):
     logger = common_utils.create_logger(None, rank=1)
     assert logger.level == logging.ERROR
     common_utils.create_logger(None, rank=0)
+
+
+def test_to_channels_last_only_touches_4d_weights_and_keeps_values():
+    import torch.nn as nn
+
+    from pcdet.utils.common_utils import to_channels_last, to_float32
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv3d(4, 2, 1), nn.Linear(2, 2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="rank 4"):
+        model.to(memory_format=torch.channels_last)  # why the helper exists: 5-D weights refuse
+    to_channels_last(model)
+    w = model[0].weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    assert model[1].weight.is_contiguous()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    out = to_float32({"a": torch.ones(2, dtype=torch.bfloat16), "b": [torch.ones(1, dtype=torch.float16)],
+                      "c": torch.ones(1, dtype=torch.int64)})
+    assert out["a"].dtype == torch.float32 and out["b"][0].dtype == torch.float32 and out["c"].dtype == torch.int64

@@ -8,9 +8,12 @@ student and the distiller (teacher weights: a fixed random checkpoint, the cost 
 forward + backward + optimizer step, and prints the ratio and peak memory (CUDA: max allocated; CPU: peak RSS).
 """
 import argparse
+import contextlib
 import copy
+import json
 import logging
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +26,7 @@ from pcdet.config import cfg_from_yaml_file
 from pcdet.datasets.dataset import DatasetTemplate
 from pcdet.kd import build_distiller
 from pcdet.models import build_network, load_data_to_device
+from pcdet.utils.common_utils import amp_dtype, to_channels_last
 
 TOOLS = Path(__file__).resolve().parents[1]
 CASES = (("itKD CenterPoint", "cfgs/kd/itkd_centerpoint.yaml"),
@@ -57,11 +61,18 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _step(model, opt, batch, device):
+def _autocast(device, amp):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
+
+
+def _step(model, opt, batch, device, amp=None):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    ret, _, _ = model(dict(batch))
+    with _autocast(device, amp):
+        ret, _, _ = model(dict(batch))
     opt.zero_grad(set_to_none=True)
     ret["loss"].backward()
     opt.step()
@@ -74,23 +85,54 @@ def _optimizer(model):
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
 
-def time_interleaved(student, distiller, batches, iters, device):
-    """Median seconds of student-only and KD steps, alternated on the same batches so load drift cancels."""
+def _teacher_forward(distiller, batch, device, amp=None):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    with _autocast(device, amp):
+        distiller.teacher.record(distiller.split_batch(dict(batch))[0], distiller.teacher_taps)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_interleaved(student, distiller, batches, iters, device, amp=None):
+    """Median seconds of student-only step, KD step and the teacher's truncated forward alone, alternated on the
+    same batches so load drift cancels."""
     opt_s, opt_kd = _optimizer(student), _optimizer(distiller)
     distiller.train()
-    t_s, t_kd = [], []
-    for i in range(iters + 1):  # the first pair warms up allocators and lazy kernels
+    t_s, t_kd, t_t = [], [], []
+    for i in range(iters + 1):  # the first round warms up allocators and lazy kernels
         batch = batches[i % len(batches)]
-        a, b = _step(student, opt_s, batch, device), _step(distiller, opt_kd, batch, device)
+        a = _step(student, opt_s, batch, device, amp)
+        b = _step(distiller, opt_kd, batch, device, amp)
+        c = _teacher_forward(distiller, batch, device, amp)
         if i > 0:
             t_s.append(a)
             t_kd.append(b)
-    return float(np.median(t_s)), float(np.median(t_kd))
+            t_t.append(c)
+    return float(np.median(t_s)), float(np.median(t_kd)), float(np.median(t_t))
 
 
-def run_case(name, cfg_rel, args, device, logger, tmp):
+# (label, teacher precision, step autocast): the student-only step is always the plain fp32 step of its mode
+MODES = {
+    "fp32": ("fp32 teacher, fp32 student", "fp32", None),
+    "bf16-teacher": ("bf16 teacher, fp32 student", "bf16", None),
+    "amp": ("AMP bf16 student and teacher", None, "bf16"),
+}
+
+
+def run_case(name, cfg_rel, mode, args, device, logger, tmp):
+    """One (case, mode) in this process: returns a dict of times (s) and peak memory (MiB)."""
+    label, precision, amp_name = MODES[mode]
+    amp = None if amp_name is None else amp_dtype(amp_name, "bench_kd_step")
+    if device.type == "cuda" and amp == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        amp = torch.float16
     cfg_path = TOOLS / cfg_rel
     cfg = cfg_from_yaml_file(cfg_path)
+    if precision is not None:
+        cfg.KD.TEACHER.PRECISION = precision
+    cfg.KD.TEACHER.CHANNELS_LAST = mode != "fp32"
     dataset = SyntheticFrames(cfg.DATA_CONFIG, list(cfg.CLASS_NAMES), num_frames=args.batch_size * 2)
     batches = [load_data_to_device(dataset.collate_batch([dataset[j] for j in range(k, k + args.batch_size)]),
                                    device) for k in range(0, len(dataset), args.batch_size)]
@@ -101,20 +143,22 @@ def run_case(name, cfg_rel, args, device, logger, tmp):
     torch.save({"model_state": build_network(tcfg.MODEL, len(tcfg.CLASS_NAMES), dataset).state_dict(), "epoch": 0},
                teacher_ckpt)
     student = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), dataset).to(device)
+    if amp is not None:
+        to_channels_last(student)
     # peak memory of each kind of step, student first (CPU peak RSS only grows)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _step(student.train(), _optimizer(student), batches[0], device)
+    _step(student.train(), _optimizer(student), batches[0], device, amp)
     mem_student = peak_memory_mb(device)
     distiller = build_distiller(cfg, student, dataset, logger, teacher_ckpt=str(teacher_ckpt),
                                 example_batch=batches[0], cfg_file=cfg_path)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _step(distiller.train(), _optimizer(distiller), batches[0], device)
+    _step(distiller.train(), _optimizer(distiller), batches[0], device, amp)
     mem_kd = peak_memory_mb(device)
-    t_student, t_kd = time_interleaved(student, distiller, batches, args.iters, device)
-    voxels = int(batches[0]["voxel_coords"].shape[0])
-    return name, voxels, t_student, t_kd, mem_student, mem_kd
+    t_student, t_kd, t_teacher = time_interleaved(student, distiller, batches, args.iters, device, amp)
+    return {"case": name, "mode": label, "voxels": int(batches[0]["voxel_coords"].shape[0]), "student_s": t_student,
+            "kd_s": t_kd, "teacher_s": t_teacher, "mem_student": mem_student, "mem_kd": mem_kd}
 
 
 def main(argv=None):
@@ -123,23 +167,43 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cases", nargs="*", default=None, help="subset of case names (substring match)")
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES),
+                        help="fp32: everything fp32; bf16-teacher: KD.TEACHER.PRECISION bf16 + channels_last, "
+                             "student fp32; amp: both steps under bf16 autocast (fp16 on GPUs without bf16)")
     parser.add_argument("--verbose", action="store_true", help="log the distiller's construction")
+    parser.add_argument("--_one", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     logger = logging.getLogger("bench_kd_step")
+    if args._one:
+        case, mode = args._one
+        with tempfile.TemporaryDirectory() as tmp:
+            print("RESULT " + json.dumps(run_case(case, dict(CASES)[case], mode, args, device, logger, tmp)))
+        return
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, cfg_rel in CASES:
-            if args.cases and not any(c.lower() in name.lower() for c in args.cases):
-                continue
-            rows.append(run_case(name, cfg_rel, args, device, logger, tmp))
-    mem_label = "peak alloc MiB" if device.type == "cuda" else "peak RSS MiB (process)"
-    print(f"device {device}, batch {args.batch_size}, median of {args.iters} interleaved steps (fwd + bwd + AdamW)")
-    print(f"{'case':<30}{'voxels':>8}{'student s':>11}{'KD s':>9}{'ratio':>7}   {mem_label}: student / KD")
-    for name, voxels, t_s, t_kd, m_s, m_kd in rows:
-        flag = "" if t_kd / t_s <= 1.3 else "  (> 1.3x target)"
-        print(f"{name:<30}{voxels:>8}{t_s:>11.3f}{t_kd:>9.3f}{t_kd / t_s:>7.2f}   {m_s:.0f} / {m_kd:.0f}{flag}")
+    for name, _ in CASES:
+        if args.cases and not any(c.lower() in name.lower() for c in args.cases):
+            continue
+        for mode in args.modes:  # one process per row: CPU peak RSS is per process
+            cmd = [sys.executable, __file__, "--iters", str(args.iters), "--batch_size", str(args.batch_size),
+                   "--device", args.device, "--_one", name, mode] + (["--verbose"] if args.verbose else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if out.returncode != 0 or not lines:
+                raise RuntimeError(f"bench_kd_step: {name} / {mode} failed (exit {out.returncode}):\n"
+                                   f"{out.stderr[-3000:]}")
+            rows.append(json.loads(lines[-1][len("RESULT "):]))
+    mem_label = "peak alloc MiB" if device.type == "cuda" else "peak RSS MiB"
+    print(f"device {device}, batch {args.batch_size}, median of {args.iters} interleaved steps (fwd + bwd + AdamW); "
+          f"teacher fwd = the teacher's truncated forward alone; bound = 1 + teacher fwd / student step")
+    print(f"{'case':<29}{'mode':<31}{'voxels':>7}{'student s':>10}{'KD s':>8}{'teacher fwd s':>14}{'ratio':>7}"
+          f"{'bound':>7}   {mem_label}: student / KD")
+    for r in rows:
+        ratio, bound = r["kd_s"] / r["student_s"], 1 + r["teacher_s"] / r["student_s"]
+        flag = "" if ratio <= 1.3 else "  (> 1.3x target)"
+        print(f"{r['case']:<29}{r['mode']:<31}{r['voxels']:>7}{r['student_s']:>10.3f}{r['kd_s']:>8.3f}"
+              f"{r['teacher_s']:>14.3f}{ratio:>7.2f}{bound:>7.2f}   {r['mem_student']:.0f} / {r['mem_kd']:.0f}{flag}")
 
 
 if __name__ == "__main__":

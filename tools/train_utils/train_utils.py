@@ -64,14 +64,14 @@ def _fmt(terms):
 def train_one_epoch(model, optimizer, train_loader, model_func, lr_scheduler, accumulated_iter, optim_cfg, rank,
                     tbar, total_it_each_epoch, dataloader_iter, tb_log=None, leave_pbar=False, cur_epoch=0,
                     scaler=None, use_amp=False, device_type="cpu", skip_iters=0, ckpt_save_dir=None,
-                    ckpt_save_iter_interval=0):
+                    ckpt_save_iter_interval=0, amp_dtype=torch.float16):
     """Run ``total_it_each_epoch - skip_iters`` optimizer steps; return the updated ``accumulated_iter``.
 
     ``skip_iters`` batches are drawn and discarded first (resuming from a mid-epoch ``latest_model.pth``).
     Every ``ckpt_save_iter_interval`` steps (0: never) rank 0 writes ``latest_model.pth`` atomically.
     """
     if scaler is None:
-        scaler = torch.amp.GradScaler(device_type, enabled=use_amp)
+        scaler = torch.amp.GradScaler(device_type, enabled=use_amp and amp_dtype == torch.float16)
     pbar = None
     kd_bar = None
     if rank == 0:
@@ -93,7 +93,7 @@ def train_one_epoch(model, optimizer, train_loader, model_func, lr_scheduler, ac
             lr_scheduler.step(accumulated_iter)
             cur_lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device_type, enabled=use_amp):
+            with torch.autocast(device_type=device_type, dtype=amp_dtype, enabled=use_amp):
                 loss, tb_dict, disp_dict = model_func(model, batch)
             check_loss_finite(loss, tb_dict, accumulated_iter, cur_epoch)
             scaler.scale(loss).backward()
@@ -148,7 +148,7 @@ def train_one_epoch(model, optimizer, train_loader, model_func, lr_scheduler, ac
 def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_cfg, start_epoch, total_epochs,
                 start_iter, rank, tb_log, ckpt_save_dir, train_sampler=None, ckpt_save_interval=1,
                 max_ckpt_save_num=50, total_it_each_epoch=None, use_amp=False, device_type="cpu",
-                ckpt_save_iter_interval=0, logger=None):
+                ckpt_save_iter_interval=0, logger=None, amp_dtype=torch.float16):
     """Train epochs ``start_epoch .. total_epochs - 1``; rank 0 writes ``checkpoint_epoch_N.pth`` after epoch N
     (every ``ckpt_save_interval`` epochs and always after the last), keeping the newest ``max_ckpt_save_num``.
 
@@ -160,7 +160,8 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
     if total_it_each_epoch <= 0:
         raise ValueError(f"train_model: nothing to train, {total_it_each_epoch} iterations per epoch")
     accumulated_iter = start_iter
-    scaler = torch.amp.GradScaler(device_type, enabled=use_amp)
+    # loss scaling only for fp16; bf16 has fp32's exponent range
+    scaler = torch.amp.GradScaler(device_type, enabled=use_amp and amp_dtype == torch.float16)
     tbar = None
     if rank == 0:
         tbar = tqdm.trange(start_epoch, total_epochs, desc="epochs", dynamic_ncols=True, leave=True)
@@ -174,7 +175,7 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
                 accumulated_iter=accumulated_iter, optim_cfg=optim_cfg, rank=rank, tbar=tbar,
                 total_it_each_epoch=total_it_each_epoch, dataloader_iter=iter(train_loader), tb_log=tb_log,
                 leave_pbar=(cur_epoch + 1 == total_epochs), cur_epoch=cur_epoch, scaler=scaler, use_amp=use_amp,
-                device_type=device_type, skip_iters=skip_iters, ckpt_save_dir=ckpt_save_dir,
+                device_type=device_type, amp_dtype=amp_dtype, skip_iters=skip_iters, ckpt_save_dir=ckpt_save_dir,
                 ckpt_save_iter_interval=ckpt_save_iter_interval,
             )
             trained_epoch = cur_epoch + 1

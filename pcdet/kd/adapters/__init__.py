@@ -17,20 +17,29 @@ def conv1x1(c_in, c_out, bias=True):
 class ConvStack(nn.Sequential):
     """Stack of 1x1 convs over ``widths`` = [c_0, c_1, ..., c_n] with ReLU between layers (none after the last).
 
+    ``norm='bn'`` puts a BatchNorm2d before each hidden ReLU (conv -> BN -> ReLU); ``'none'`` gives conv -> ReLU.
     (B, c_0, H, W) -> (B, c_n, H, W).
     """
 
-    def __init__(self, widths):
+    NORMS = ("none", "bn")
+
+    def __init__(self, widths, norm="none"):
         widths = [int(w) for w in widths]
         if len(widths) < 2:
             raise ValueError(f"ConvStack needs at least two widths (in, out), got {widths}")
+        if norm not in self.NORMS:
+            raise ValueError(f"ConvStack: norm must be one of {self.NORMS}, got '{norm}'")
         layers = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(conv1x1(c_in, c_out))
-            if i < len(widths) - 2:
+            hidden = i < len(widths) - 2
+            layers.append(conv1x1(c_in, c_out, bias=not (hidden and norm == "bn")))
+            if hidden:
+                if norm == "bn":
+                    layers.append(nn.BatchNorm2d(c_out))
                 layers.append(nn.ReLU(inplace=False))
         super().__init__(*layers)
         self.widths = widths
+        self.norm = norm
 
 
 class GraphLayer(nn.Module):
@@ -43,13 +52,23 @@ class GraphLayer(nn.Module):
     ``forward_edges`` is the same layer on materialised edges (e.g. from ``pcdet.ops.knn.edge_features``).
     """
 
-    def __init__(self, c_in, c_out):
+    MODES = ("trainable", "normalized", "frozen")
+
+    def __init__(self, c_in, c_out, mode="trainable"):
+        """``mode``: 'trainable' (conv and BN affine learn, as in the paper); 'normalized' (BN without affine: every
+        output channel keeps zero mean / unit variance before the ReLU, so the layer cannot shrink its output to
+        zero); 'frozen' (normalized, and the conv keeps its random initialisation: a fixed random projection)."""
         super().__init__()
         if int(c_in) % 2:
             raise ValueError(f"GraphLayer: c_in = 2C must be even, got {c_in}")
+        if mode not in self.MODES:
+            raise ValueError(f"GraphLayer: mode must be one of {self.MODES}, got '{mode}'")
         self.c_in = int(c_in)
+        self.mode = mode
         self.conv = nn.Linear(self.c_in, int(c_out), bias=False)
-        self.bn = nn.BatchNorm1d(int(c_out))
+        self.bn = nn.BatchNorm1d(int(c_out), affine=mode == "trainable")
+        if mode == "frozen":
+            self.conv.weight.requires_grad_(False)
 
     def _finish(self, y):
         q, k, c = y.shape

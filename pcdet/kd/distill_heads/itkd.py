@@ -35,13 +35,13 @@ class ITKDHead(KDHead):
     """Interchange transfer on the dense-head input map and relation-aware attention on the head outputs.
 
     Config (KD.HEADS item): TEACHER_TAP / STUDENT_TAP (BEV map, (B, C, H, W)); AE: {WEIGHT, ENCODER_WIDTHS (ends at
-    C_z), FG_MASK, CENTER_MSE_WEIGHT}; ATTN: {ENABLED, WEIGHT, TEACHER_TAP / STUDENT_TAP (per-task SeparateHead,
+    C_z), FG_MASK, CENTER_MSE_WEIGHT, NORM ('bn' default or 'none')}; ATTN: {ENABLED, WEIGHT, TEACHER_TAP / STUDENT_TAP (per-task SeparateHead,
     may end in '.*'), RELATION_WEIGHT, NORMALIZE_FUSION}.
     Terms: kd_itkd_t2s, kd_itkd_s2t, kd_itkd_cr (each * AE.WEIGHT), kd_itkd_center_mse (optional),
     kd_itkd_attn (* ATTN.WEIGHT).
     """
     KEYS = ("TEACHER_TAP", "STUDENT_TAP", "AE", "ATTN")
-    SUB_KEYS = {"AE": ("WEIGHT", "ENCODER_WIDTHS", "FG_MASK", "CENTER_MSE_WEIGHT"),
+    SUB_KEYS = {"AE": ("WEIGHT", "ENCODER_WIDTHS", "FG_MASK", "CENTER_MSE_WEIGHT", "NORM"),
                 "ATTN": ("ENABLED", "WEIGHT", "TEACHER_TAP", "STUDENT_TAP", "RELATION_WEIGHT", "NORMALIZE_FUSION")}
 
     @staticmethod
@@ -65,13 +65,18 @@ class ITKDHead(KDHead):
         self.fg_mask = bool(ae.get("FG_MASK", False))
         self.center_mse_weight = float(ae.get("CENTER_MSE_WEIGHT", 0.0))
         self.adapter = conv1x1(c_s, c_t)
-        self.encoder = ConvStack([c_t] + widths)
-        self.decoder = ConvStack(list(reversed(widths)) + [c_s])
+        # NORM 'bn' (default): conv -> BN -> ReLU in the hidden layers. With plain conv -> ReLU the shared encoder's
+        # units died in our runs, the code became constant, L_cr reached exactly 0 and L_t2s pulled the student's
+        # map towards the decoder's constant output.
+        self.ae_norm = str(ae.get("NORM", "bn"))
+        self.encoder = ConvStack([c_t] + widths, norm=self.ae_norm)
+        self.decoder = ConvStack(list(reversed(widths)) + [c_s], norm=self.ae_norm)
         if tuple(s_shape[-2:]) != tuple(t_shape[-2:]):
             ctx.log(f"ITKD: student map {tuple(s_shape[-2:])} resampled to the teacher grid {tuple(t_shape[-2:])}")
         self.teacher_grid = ctx.teacher
         self.student_grid = ctx.student
-        ctx.log(f"ITKD: C_S={c_s} C_T={c_t} encoder {self.encoder.widths} decoder {self.decoder.widths}")
+        ctx.log(f"ITKD: C_S={c_s} C_T={c_t} encoder {self.encoder.widths} decoder {self.decoder.widths} "
+                f"(hidden norm {self.ae_norm})")
 
         attn = cfg.get("ATTN", {})
         self.attn_enabled = bool(attn.get("ENABLED", True))
@@ -104,10 +109,11 @@ class ITKDHead(KDHead):
     # -- autoencoder -------------------------------------------------------------------------------------------
     def ae_losses(self, f_t, f_s, weight=None):
         """f_t (B, C_T, H, W), f_s (B, C_S, H, W) on the same grid -> dict of unweighted t2s, s2t, cr (+ maps)."""
-        z_t = self.encoder(f_t)
-        z_s = self.encoder(self.adapter(f_s))
-        d_t = self.decoder(z_t)
-        s2t = self.adapter(self.decoder(z_s))
+        # one pass of the shared encoder / decoder over [teacher; student] so normalisation layers see both sides
+        b = f_t.shape[0]
+        z_t, z_s = self.encoder(torch.cat([f_t, self.adapter(f_s)], dim=0)).split(b, dim=0)
+        d_t, d_s = self.decoder(torch.cat([z_t, z_s], dim=0)).split(b, dim=0)
+        s2t = self.adapter(d_s)
         return {
             "t2s": masked_l1(d_t, f_s, weight),
             "s2t": masked_l1(s2t, f_t, weight),

@@ -8,7 +8,7 @@ from . import BACKBONES_3D
 from ..batch_keys import (BATCH_SIZE, ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE, MULTI_SCALE_3D_FEATURES,
                           MULTI_SCALE_3D_STRIDES, VOXEL_COORDS, VOXEL_FEATURES, check_keys)
 from ..model_utils.width import module_width, scaled
-from ...utils.spconv_utils import spconv
+from ...utils.spconv_utils import sparse_precision, spconv
 
 
 def post_act_block(in_channels, out_channels, kernel_size, indice_key=None, stride=1, padding=0,
@@ -101,18 +101,20 @@ def encode_8x(backbone, batch_dict):
     ``encoded_spconv_tensor``, ``encoded_spconv_tensor_stride`` (8), ``multi_scale_3d_features`` and
     ``multi_scale_3d_strides`` {x_conv1..x_conv4}.
     """
+    precision, features = sparse_precision(batch_dict[VOXEL_FEATURES])
     input_sp_tensor = spconv.SparseConvTensor(
-        features=batch_dict[VOXEL_FEATURES],
+        features=features,
         indices=batch_dict[VOXEL_COORDS].int().contiguous(),  # spconv silently misreads non-contiguous indices
         spatial_shape=backbone.sparse_shape,
         batch_size=batch_dict[BATCH_SIZE],
     )
-    x = backbone.conv_input(input_sp_tensor)
-    x_conv1 = backbone.conv1(x)
-    x_conv2 = backbone.conv2(x_conv1)
-    x_conv3 = backbone.conv3(x_conv2)
-    x_conv4 = backbone.conv4(x_conv3)
-    batch_dict[ENCODED_SPCONV_TENSOR] = backbone.conv_out(x_conv4)
+    with precision:  # spconv has no bf16 kernels: under such autocast the sparse part runs in float32
+        x = backbone.conv_input(input_sp_tensor)
+        x_conv1 = backbone.conv1(x)
+        x_conv2 = backbone.conv2(x_conv1)
+        x_conv3 = backbone.conv3(x_conv2)
+        x_conv4 = backbone.conv4(x_conv3)
+        batch_dict[ENCODED_SPCONV_TENSOR] = backbone.conv_out(x_conv4)
     batch_dict[ENCODED_SPCONV_TENSOR_STRIDE] = 8
     batch_dict[MULTI_SCALE_3D_FEATURES] = {
         "x_conv1": x_conv1, "x_conv2": x_conv2, "x_conv3": x_conv3, "x_conv4": x_conv4,

@@ -513,7 +513,14 @@ class SingleStageDetector(Detector3DTemplate):
         return self.post_processing(batch_dict)
 
     def get_training_loss(self):
-        """Returns (loss scalar, tb_dict with ``loss_rpn`` and the head's terms, disp_dict)."""
-        loss_rpn, tb_dict = self.dense_head.get_loss()
+        """Returns (loss scalar, tb_dict with ``loss_rpn`` and the head's terms, disp_dict).
+
+        Under mixed precision the head's predictions are cast to float32 and the loss runs without autocast.
+        """
+        from ...utils.common_utils import autocast_off, to_float32
+        head = self.dense_head
+        head.forward_ret_dict = to_float32(head.forward_ret_dict)
+        with autocast_off(self):
+            loss_rpn, tb_dict = head.get_loss()
         tb_dict = {"loss_rpn": loss_rpn.item(), **tb_dict}
         return loss_rpn, tb_dict, {}
