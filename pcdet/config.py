@@ -110,8 +110,20 @@ def _typed_value(key, old, text):
     return EasyDict(new) if isinstance(new, dict) else new
 
 
+# optional keys that configs may leave out; ``--set`` accepts them (typed by the default) although absent
+OPTIONAL_KEYS = {
+    "OPTIMIZATION.USE_AMP": False,          # mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU)
+    "OPTIMIZATION.AMP_DTYPE": "bf16",       # 'bf16' or 'fp16'
+    "OPTIMIZATION.CHANNELS_LAST": False,    # 2D conv weights in channels_last memory format
+    "OPTIMIZATION.GRAD_NORM_CLIP": 10.0,
+}
+
+
 def cfg_from_list(cfg_list, cfg):
-    """Apply ``['A.B.C', 'value', ...]`` overrides in place; unknown keys and wrong types raise ConfigError."""
+    """Apply ``['A.B.C', 'value', ...]`` overrides in place; unknown keys and wrong types raise ConfigError.
+
+    Keys of ``OPTIONAL_KEYS`` may be set although the config leaves them out.
+    """
     if len(cfg_list) % 2 != 0:
         raise ConfigError(f"--set needs KEY VALUE pairs, got {len(cfg_list)} items: {cfg_list}")
     for key, text in zip(cfg_list[0::2], cfg_list[1::2]):
@@ -122,6 +134,8 @@ def cfg_from_list(cfg_list, cfg):
                 raise ConfigError(f"--set {key}: no key '{'.'.join(parts[:depth + 1])}' in the config")
             node = node[part]
         leaf = parts[-1]
+        if isinstance(node, dict) and leaf not in node and key in OPTIONAL_KEYS:
+            node[leaf] = OPTIONAL_KEYS[key]
         if not isinstance(node, dict) or leaf not in node:
             raise ConfigError(f"--set {key}: no key '{key}' in the config")
         node[leaf] = _typed_value(key, node[leaf], text)

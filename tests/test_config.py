@@ -46,6 +46,18 @@ def test_set_overrides_with_type_checking(tmp_path):
         cfg_from_list(["OPT.EPOCHS", "abc"], cfg)
 
 
+def test_set_accepts_documented_optional_keys_only(tmp_path):
+    cfg = cfg_from_yaml_file(_write(tmp_path / "m.yaml", "OPTIMIZATION: {LR: 0.01}\n"))
+    cfg_from_list(["OPTIMIZATION.USE_AMP", "true", "OPTIMIZATION.AMP_DTYPE", "fp16",
+                   "OPTIMIZATION.CHANNELS_LAST", "True"], cfg)
+    assert cfg.OPTIMIZATION.USE_AMP is True and cfg.OPTIMIZATION.AMP_DTYPE == "fp16"
+    assert cfg.OPTIMIZATION.CHANNELS_LAST is True
+    with pytest.raises(ConfigError, match="OPTIMIZATION.USE_AMP.*expected bool"):
+        cfg_from_list(["OPTIMIZATION.USE_AMP", "maybe"], cfg)
+    with pytest.raises(ConfigError, match="no key 'OPTIMIZATION.USE_AMPS'"):
+        cfg_from_list(["OPTIMIZATION.USE_AMPS", "true"], cfg)
+
+
 def test_registry_did_you_mean():
     reg = Registry("demo")
 

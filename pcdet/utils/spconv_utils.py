@@ -13,6 +13,10 @@ Importing this module neutralises two defects of the spconv 2.3.8 CPU wheel, for
   ``indice_conv_backward``, ``indice_maxpool`` and ``indice_maxpool_backward`` are wrapped to run with one torch
   thread, restoring the caller's thread count afterwards, so the rest of the program keeps every core.
 
+* At inference spconv fuses a conv's bias into its kernels, which the CPU path rejects ("cpu don't support act
+  and bias"): every model whose sparse convs carry a bias (OpenPCDet's residual blocks) crashed in eval on CPU.
+  ``SparseConvolution.forward`` is wrapped to add the bias after the GEMM on CPU, as spconv itself does in training.
+
 CUDA tensors take the original code paths unchanged. ``torch.set_num_threads`` is process-wide, so torch work
 in other Python threads runs single-threaded while a CPU sparse conv is in flight.
 
@@ -27,6 +31,7 @@ import functools
 
 import torch
 import spconv.pytorch as spconv
+from cumm.tensorview.gemm import Activation as _Activation
 from spconv.pytorch import ops as _spconv_ops
 
 __all__ = ["spconv", "replace_feature", "single_thread", "PATCHED_OPS"]
@@ -77,12 +82,31 @@ def _cpu_single_thread(func):
     return wrapper
 
 
+def _cpu_bias_in_eval(forward):
+    """spconv 2.3.8 fuses a conv's bias into its GEMM at inference, which the CPU kernels reject ("cpu don't support
+    act and bias"); in training mode it adds the bias after the GEMM, which works on every device and gives the
+    same features. Route CPU inference of convs with a bias (and no fused activation) through that path."""
+    @functools.wraps(forward)
+    def wrapper(self, input, add_input=None):
+        if (not self.training and self.bias is not None and not input.features.is_cuda
+                and self.act_type == _Activation.None_):
+            return self._conv_forward(True, input, self.weight, self.bias, add_input, name=self.name,
+                                      sparse_unique_name=self._sparse_unique_name)
+        return forward(self, input, add_input)
+
+    wrapper._pcdet_cpu_bias = True
+    return wrapper
+
+
 def _patch_spconv_cpu():
     _spconv_ops.get_current_stream = _safe_get_current_stream
     for name in PATCHED_OPS:
         func = getattr(_spconv_ops, name)
         if not getattr(func, "_pcdet_cpu_single_thread", False):
             setattr(_spconv_ops, name, _cpu_single_thread(func))
+    conv_cls = spconv.conv.SparseConvolution
+    if not getattr(conv_cls.forward, "_pcdet_cpu_bias", False):
+        conv_cls.forward = _cpu_bias_in_eval(conv_cls.forward)
 
 
 _patch_spconv_cpu()

@@ -158,3 +158,23 @@ def test_patch_is_installed_once():
         assert func._pcdet_cpu_single_thread
         assert not getattr(func._pcdet_original, "_pcdet_cpu_single_thread", False)
     assert spconv_utils._spconv_ops.get_current_stream is spconv_utils._safe_get_current_stream
+
+
+@pytest.mark.parametrize("kind", ["subm", "strided"])
+def test_conv_with_bias_runs_in_eval_on_cpu_and_matches_training_mode(kind):
+    """The wheel rejects a fused bias at CPU inference; the patch adds it after the GEMM, as training does."""
+    assert getattr(spconv.conv.SparseConvolution.forward, "_pcdet_cpu_bias", False)
+    feats, indices = sparse_input(4, seed=7)
+    torch.manual_seed(0)
+    layer = (spconv.SubMConv3d(4, 6, 3, padding=1, bias=True) if kind == "subm"
+             else spconv.SparseConv3d(4, 6, 3, stride=2, padding=1, bias=True))
+    x = spconv.SparseConvTensor(feats, indices, list(SHAPE), 2)
+    train_out = layer.train()(x).features.detach()
+    with torch.no_grad():
+        eval_out = layer.eval()(spconv.SparseConvTensor(feats, indices, list(SHAPE), 2)).features
+    assert torch.allclose(eval_out, train_out, atol=1e-6)
+    no_bias = layer.bias.detach().clone()
+    with torch.no_grad():
+        layer.bias.zero_()
+        shifted = layer(spconv.SparseConvTensor(feats, indices, list(SHAPE), 2)).features
+    assert torch.allclose(eval_out - shifted, no_bias.expand_as(shifted), atol=1e-5)  # the bias is really added

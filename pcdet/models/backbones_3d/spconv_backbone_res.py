@@ -24,19 +24,6 @@ def _down_block(in_channels, out_channels, norm_fn, padding, indice_key):
     )
 
 
-def _conv_bias_after(conv, x):
-    """``conv(x)``, adding the bias after the sparse GEMM on CPU tensors.
-
-    spconv 2.3.8 fuses the bias into its kernels at inference, which its CPU path rejects ("cpu don't support act
-    and bias"); in training mode it adds the bias afterwards, which works on every device. Run the CPU case that
-    way whatever the module's mode: the result is the same (features + bias).
-    """
-    if conv.bias is None or x.features.is_cuda or conv.training:
-        return conv(x)
-    return conv._conv_forward(True, x, conv.weight, conv.bias, name=conv.name,
-                              sparse_unique_name=conv._sparse_unique_name)
-
-
 class SparseBasicBlock(spconv.SparseModule):
     """Two 3x3x3 submanifold convs with a residual connection (ResNet basic block on sparse voxels).
 
@@ -67,9 +54,9 @@ class SparseBasicBlock(spconv.SparseModule):
 
     def forward(self, x):
         identity = x
-        out = _conv_bias_after(self.conv1, x)
+        out = self.conv1(x)
         out = replace_feature(out, self.relu(self.bn1(out.features)))
-        out = _conv_bias_after(self.conv2, out)
+        out = self.conv2(out)
         out = replace_feature(out, self.bn2(out.features))
         if self.downsample is not None:
             identity = self.downsample(x)
