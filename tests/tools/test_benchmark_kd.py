@@ -36,7 +36,13 @@ def test_plan_has_teacher_per_seed_and_kd_runs_depend_on_it(tmp_path):
             assert run.deps == [] and run.teacher is None
         else:
             assert run.deps == [run.teacher] and run.teacher.seed == run.seed and run.teacher.family == run.family
-            assert run.width == pytest.approx(run.teacher.width * 0.25)
+            rel = p["families"][run.family]["student_rel_widths"]
+            assert any(run.width == pytest.approx(run.teacher.width * r) for r in rel)
+    # scheduling: all teachers start first, then the longest runs (itKD, PointDistiller) before the cheap ones
+    order = sorted(bench.runs, key=bk.run_priority)
+    n_teachers = len(p["seeds"]) * len(p["families"])
+    assert all(r.method == "teacher" for r in order[:n_teachers])
+    assert order[n_teachers].method == "itkd" and order[-1].method == "none"
 
 
 def test_derived_kd_config_is_student_config_plus_kd_block(tmp_path):
@@ -52,6 +58,9 @@ def test_derived_kd_config_is_student_config_plus_kd_block(tmp_path):
     head = cfg.KD.HEADS[0]
     assert head.NAME == "PointDistiller" and head.NUM_KEEP == 2048 and head.K == 32   # preset compute override
     assert cfg.DATA_CONFIG.DATA_AUGMENTOR.DISABLE_AUG_LIST == ["gt_sampling"]
+    assert cfg.OPTIMIZATION.USE_AMP is True and cfg.OPTIMIZATION.CHANNELS_LAST is True
+    assert alone.OPTIMIZATION.USE_AMP is True  # every run of the table trains the same way
+    assert cfg.KD.TEACHER.CHANNELS_LAST is True
     teacher_cfg = cfg_from_yaml_file(cfg.KD.TEACHER.CFG_FILE)
     assert teacher_cfg.MODEL.WIDTH == run.teacher.width and "KD" not in teacher_cfg
 
