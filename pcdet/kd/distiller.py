@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 from ..models.batch_keys import KD_TEACHER_INPUTS
+from ..utils.common_utils import autocast_off, to_float32
 from .distill_heads import KD_HEADS, GridInfo, KDContext
 from .recorders import RecorderManager, expand_taps
-from ..utils.common_utils import autocast_off, to_float32
 from .teacher import record_truncated
 
 

@@ -4,12 +4,14 @@ The teacher is held by ``FrozenTeacher``, a plain object (not an ``nn.Module``),
 distiller's ``state_dict``, ``parameters()`` or DDP's module tree. It runs in eval mode under ``torch.no_grad``
 and only as far as the deepest tapped module.
 """
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import cfg_from_yaml_file
+from ..utils.common_utils import amp_dtype, to_channels_last
 from .recorders import RecorderManager, get_submodule, parse_tap
 
 TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
@@ -118,18 +120,15 @@ class FrozenTeacher:
             return None
         if str(precision).lower() in ("fp32", "float32"):
             return "fp32"
-        from ..utils.common_utils import amp_dtype
         amp_dtype(precision, "KD.TEACHER.PRECISION")
         return str(precision).lower()
 
     def _autocast(self):
-        import contextlib
         if self.precision is None:
             return contextlib.nullcontext()
         device_type = self.device.type
         if self.precision == "fp32":
             return torch.autocast(device_type=device_type, enabled=False)
-        from ..utils.common_utils import amp_dtype
         return torch.autocast(device_type=device_type, dtype=amp_dtype(self.precision, "KD.TEACHER.PRECISION"))
 
     def freeze(self):
@@ -179,7 +178,6 @@ def build_teacher(teacher_cfg, cfg_path, ckpt, dataset_view, logger=None, precis
                            f"{cfg_path}:\n{exc}") from exc
     teacher = FrozenTeacher(model, cfg_path, ckpt, precision=precision)
     if channels_last:
-        from ..utils.common_utils import to_channels_last
         to_channels_last(model)
     if logger is not None:
         logger.info(f"KD teacher: {teacher_cfg.MODEL.NAME} from {cfg_path} (WIDTH "
