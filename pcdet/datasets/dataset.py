@@ -6,6 +6,7 @@ point feature encoder, the side processors (see ``register_side_processor``) and
 ``collate_batch`` stacks samples into the ``batch_dict`` declared in ``pcdet/models/batch_keys.py``.
 """
 import copy
+import pickle
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -103,6 +104,27 @@ class DatasetTemplate(torch_data.Dataset):
 
     def __len__(self):
         raise NotImplementedError(f"{type(self).__name__} must implement __len__")
+
+    def infos_len(self, infos):
+        """``__len__`` of a dataset indexed by an info list: ``len(infos)``, times ``total_epochs`` when all
+        iterations are merged into one epoch."""
+        return len(infos) * self.total_epochs if self._merge_all_iters_to_one_epoch else len(infos)
+
+    def info_at(self, infos, index):
+        """Deep copy of ``infos[index]``; with merged epochs ``index`` wraps around ``len(infos)``."""
+        if self._merge_all_iters_to_one_epoch:
+            index = index % len(infos)
+        return copy.deepcopy(infos[index])
+
+    @staticmethod
+    def save_gt_database_infos(all_db_infos, db_info_save_path, logger=None):
+        """Log the object count per class of a GT database and pickle ``{class: [entry, ...]}`` to its info file."""
+        if logger is not None:
+            for name, entries in all_db_infos.items():
+                logger.info(f"Database {name}: {len(entries)}")
+        with open(db_info_save_path, "wb") as f:
+            pickle.dump(all_db_infos, f)
+        return all_db_infos
 
     def __getitem__(self, index):
         raise NotImplementedError(f"{type(self).__name__} must implement __getitem__")

@@ -216,23 +216,14 @@ class KittiDataset(DatasetTemplate):
         for entries in results:
             for entry in entries:
                 all_db_infos.setdefault(entry["name"], []).append(entry)
-        if self.logger is not None:
-            for name, entries in all_db_infos.items():
-                self.logger.info(f"Database {name}: {len(entries)}")
-        with open(db_info_save_path, "wb") as f:
-            pickle.dump(all_db_infos, f)
-        return all_db_infos
+        return self.save_gt_database_infos(all_db_infos, db_info_save_path, self.logger)
 
     # ------------------------------------------------------------------ samples
     def __len__(self):
-        if self._merge_all_iters_to_one_epoch:
-            return len(self.kitti_infos) * self.total_epochs
-        return len(self.kitti_infos)
+        return self.infos_len(self.kitti_infos)
 
     def __getitem__(self, index):
-        if self._merge_all_iters_to_one_epoch:
-            index = index % len(self.kitti_infos)
-        info = copy.deepcopy(self.kitti_infos[index])
+        info = self.info_at(self.kitti_infos, index)
         sample_idx = info["point_cloud"]["lidar_idx"]
         img_shape = info["image"]["image_shape"]
         calib = self.get_calib(sample_idx)

@@ -100,14 +100,10 @@ class NuScenesDataset(DatasetTemplate):
 
     # ------------------------------------------------------------------ samples
     def __len__(self):
-        if self._merge_all_iters_to_one_epoch:
-            return len(self.infos) * self.total_epochs
-        return len(self.infos)
+        return self.infos_len(self.infos)
 
     def __getitem__(self, index):
-        if self._merge_all_iters_to_one_epoch:
-            index = index % len(self.infos)
-        info = copy.deepcopy(self.infos[index])
+        info = self.info_at(self.infos, index)
         input_dict = {K.FRAME_ID: info["token"], K.POINTS: self.get_lidar_with_sweeps(index, self.max_sweeps)}
         if "gt_boxes" in info:
             gt_boxes = np.asarray(info["gt_boxes"], dtype=np.float32).reshape(-1, 9)
@@ -234,12 +230,7 @@ class NuScenesDataset(DatasetTemplate):
                     "name": name, "path": str(filepath.relative_to(self.root_path)), "image_idx": info["token"],
                     "gt_idx": i, "box3d_lidar": box, "num_points_in_gt": int(gt_points.shape[0]),
                     "difficulty": 0})
-        for name, entries in all_db_infos.items():
-            if self.logger is not None:
-                self.logger.info(f"Database {name}: {len(entries)}")
-        with open(db_info_save_path, "wb") as f:
-            pickle.dump(all_db_infos, f)
-        return all_db_infos
+        return self.save_gt_database_infos(all_db_infos, db_info_save_path, self.logger)
 
 
 if __name__ != "__main__":

@@ -117,14 +117,10 @@ class WaymoDataset(DatasetTemplate):
         return points
 
     def __len__(self):
-        if self._merge_all_iters_to_one_epoch:
-            return len(self.infos) * self.total_epochs
-        return len(self.infos)
+        return self.infos_len(self.infos)
 
     def __getitem__(self, index):
-        if self._merge_all_iters_to_one_epoch:
-            index = index % len(self.infos)
-        info = copy.deepcopy(self.infos[index])
+        info = self.info_at(self.infos, index)
         pc_info = info["point_cloud"]
         points = self.get_lidar(pc_info["lidar_sequence"], pc_info["sample_idx"])
         input_dict = {K.FRAME_ID: info["frame_id"], K.POINTS: points}
@@ -190,12 +186,7 @@ class WaymoDataset(DatasetTemplate):
                     "sequence_name": pc_info["lidar_sequence"], "sample_idx": pc_info["sample_idx"],
                     "gt_idx": i, "box3d_lidar": gt_boxes[i, :7], "num_points_in_gt": int(gt_points.shape[0]),
                     "difficulty": int(annos["difficulty"][i]) if "difficulty" in annos else 0})
-        if self.logger is not None:
-            for name, entries in all_db_infos.items():
-                self.logger.info(f"Database {name}: {len(entries)}")
-        with open(db_info_save_path, "wb") as f:
-            pickle.dump(all_db_infos, f)
-        return all_db_infos
+        return self.save_gt_database_infos(all_db_infos, db_info_save_path, self.logger)
 
 
 if __name__ != "__main__":
