@@ -15,6 +15,7 @@ import torch.nn as nn
 from .. import batch_keys as K
 from ..model_utils import model_nms_utils
 from ..model_utils.width import module_width
+from ...utils.common_utils import autocast_off, to_float32
 
 # (attribute name, config key, registry module, registry attribute)
 MODULE_TOPOLOGY = (
@@ -517,7 +518,6 @@ class SingleStageDetector(Detector3DTemplate):
 
         Under mixed precision the head's predictions are cast to float32 and the loss runs without autocast.
         """
-        from ...utils.common_utils import autocast_off, to_float32
         head = self.dense_head
         head.forward_ret_dict = to_float32(head.forward_ret_dict)
         with autocast_off(self):
