@@ -152,9 +152,8 @@ def barrier():
 def destroy_dist():
     """Leave the process group if one exists (safe to call more than once).
 
-    All ranks meet at a barrier first: with gloo, a rank that tears its connections down while a peer still reads
-    from them makes the peer's transport thread abort the process ("terminate called without an active
-    exception", seen in the two-process test about once in four runs on 2 cores).
+    All ranks meet at a barrier first, so no rank tears its gloo connections down while a peer may still be reading
+    from them.
     """
     if is_dist():
         try:

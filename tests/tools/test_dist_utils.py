@@ -92,6 +92,10 @@ def _ddp_worker(rank, world_size, port, out_dir):
                        "merged": [a["frame_id"] for a in merged], "from_rank": [a["rank"] for a in merged]}, f)
     finally:
         dist_utils.destroy_dist()
+    # Leave without interpreter finalisation: inside the full suite (never alone, 0 of 12 isolated runs) a spawned
+    # rank sometimes aborted after its work with "terminate called without an active exception", a C++ thread
+    # still joinable when static destructors ran. Its results are written above; an exception still fails the test.
+    os._exit(0)
 
 
 def test_two_process_ddp_ends_with_identical_weights_and_ordered_gather(tmp_path):
