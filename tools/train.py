@@ -189,6 +189,9 @@ def run(args, cfg, dist_train, world_size, rank, device):
     total_it_each_epoch = len(train_loader)
     if args.max_iters_per_epoch is not None:
         total_it_each_epoch = min(total_it_each_epoch, args.max_iters_per_epoch)
+    kd_model = model.module if hasattr(model, "module") else model
+    if hasattr(kd_model, "set_schedule"):
+        kd_model.set_schedule(total_it_each_epoch * args.epochs)  # KD.WARMUP is a fraction of the whole run
     lr_scheduler = build_scheduler(optimizer, total_it_each_epoch, args.epochs, start_iter - 1, cfg.OPTIMIZATION)
     use_amp = bool(cfg.OPTIMIZATION.get("USE_AMP", False))
     amp_dtype = common_utils.amp_dtype(cfg.OPTIMIZATION.get("AMP_DTYPE", "fp16" if device.type == "cuda" else "bf16"),

@@ -1,7 +1,12 @@
 """The distiller (mmrazor's "distiller" role): student + distillation heads; the teacher is held outside.
 
 ``Distiller.forward`` in training returns ``({'loss'}, tb_dict, disp_dict)`` like a detector, with
-loss = DET_LOSS_WEIGHT * det_loss + sum of the heads' weighted kd_* terms; in eval it is the student.
+loss = DET_LOSS_WEIGHT * det_loss + warm-up factor * sum of the heads' weighted kd_* terms; in eval it is the
+student. ``KD.WARMUP`` (fraction of the total iterations, 0 = off) ramps the factor linearly from 0 to 1; the
+schedule comes from ``set_schedule(total_iters)`` (tools/train.py calls it). ``KD.DIAGNOSTICS`` (see
+``pcdet.kd.diagnostics``) logs, every ``GRAD_INTERVAL`` steps, the gradient norm that the detection loss and each
+distillation term send to the student's parameters, and at every epoch end the teacher's and the student's
+class-score statistics at GT centres and on the background of a fixed batch.
 """
 import numpy as np
 import torch
@@ -9,6 +14,7 @@ import torch.nn as nn
 
 from ..models.batch_keys import KD_TEACHER_INPUTS
 from ..utils.common_utils import autocast_off, to_float32
+from . import diagnostics
 from .distill_heads import KD_HEADS, GridInfo, KDContext
 from .recorders import RecorderManager, expand_taps
 from .teacher import record_truncated
@@ -46,7 +52,18 @@ class Distiller(nn.Module):
         self.student = student
         self._teacher = teacher  # plain attribute: outside state_dict / parameters / DDP
         self.logger = logger
+        known = {"TEACHER", "DET_LOSS_WEIGHT", "HEADS", "WARMUP", "DIAGNOSTICS"}
+        unknown = sorted(set(kd_cfg) - known)
+        if unknown:
+            raise KeyError(f"KD: unknown keys {unknown} (known: {sorted(known)})")
         self.det_loss_weight = float(kd_cfg.get("DET_LOSS_WEIGHT", 1.0))
+        self.warmup = float(kd_cfg.get("WARMUP", 0.0))
+        if not 0.0 <= self.warmup <= 1.0:
+            raise ValueError(f"KD.WARMUP must be a fraction of the total iterations in [0, 1], got {self.warmup}")
+        self.total_iters = None
+        self.teacher_grid, self.student_grid = teacher_grid, student_grid
+        self.diag = diagnostics.DiagnosticsConfig.from_cfg(kd_cfg.get("DIAGNOSTICS", {}))
+        self._diag_batch = None
         heads_cfg = kd_cfg.get("HEADS", [])
         if not heads_cfg:
             raise ValueError("KD.HEADS is empty: a KD config needs at least one distillation head")
@@ -72,12 +89,14 @@ class Distiller(nn.Module):
         self.teacher_taps = sorted({t for taps in self.head_taps.values() for tl, _ in taps.values() for t in tl})
         self.student_taps = sorted({s for taps in self.head_taps.values() for _, sl in taps.values() for s in sl})
         t_shapes, s_shapes = self._dry_run(example_batch)
+        if self.diag.score_stats:
+            self._diag_batch = example_batch
         self.kd_heads = nn.ModuleDict()
         for name, cls, hcfg, taps in plans:
             shapes = {role: ([t_shapes[t] for t in tl], [s_shapes[s] for s in sl]) for role, (tl, sl) in taps.items()}
             ctx = KDContext(taps=taps, shapes=shapes, teacher=teacher_grid, student=student_grid, logger=logger)
             self.kd_heads[name] = cls(hcfg, ctx)
-        self._log(f"KD: DET_LOSS_WEIGHT {self.det_loss_weight}; heads {list(self.kd_heads)}; teacher taps "
+        self._log(f"KD: DET_LOSS_WEIGHT {self.det_loss_weight}; WARMUP {self.warmup}; heads {list(self.kd_heads)}; teacher taps "
                   f"{self.teacher_taps}; student taps {self.student_taps}; distillation parameters "
                   f"{sum(p.numel() for p in self.kd_heads.parameters()):,}")
 
@@ -134,6 +153,43 @@ class Distiller(nn.Module):
     def update_global_step(self):
         self.student.update_global_step()
 
+    # ------------------------------------------------------------------ schedule and diagnostics
+    def set_schedule(self, total_iters):
+        """Total optimizer steps of the run (for ``KD.WARMUP``)."""
+        if int(total_iters) <= 0:
+            raise ValueError(f"Distiller.set_schedule: total_iters must be positive, got {total_iters}")
+        self.total_iters = int(total_iters)
+        if self.warmup > 0:
+            self._log(f"KD: distillation weights ramp linearly from 0 over the first "
+                      f"{self.warmup_iters()} of {self.total_iters} iterations (KD.WARMUP {self.warmup})")
+
+    def warmup_iters(self):
+        return int(round(self.warmup * self.total_iters)) if self.total_iters else 0
+
+    def kd_scale(self, step=None):
+        """Factor on every distillation term at ``step`` (default: the student's global_step): min(1, step / W)."""
+        if self.warmup <= 0:
+            return 1.0
+        if self.total_iters is None:
+            raise RuntimeError("KD.WARMUP > 0 needs the run's length: call Distiller.set_schedule(total_iters) "
+                               "before training (tools/train.py does)")
+        step = int(self.student.global_step.item()) if step is None else int(step)
+        w = self.warmup_iters()
+        return 1.0 if w <= 0 else min(1.0, step / w)
+
+    def on_epoch_end(self, epoch, tb_log=None):
+        """Class-score statistics of teacher and student on the fixed diagnostics batch (``KD.DIAGNOSTICS``)."""
+        if self._diag_batch is None:
+            return None
+        stats = diagnostics.score_stats(self, self._diag_batch)
+        if stats:
+            self._log(f"KD diagnostics epoch {epoch}: " + diagnostics.format_score_stats(stats))
+            if tb_log is not None:
+                for side, values in stats.items():
+                    for key, value in values.items():
+                        tb_log.add_scalar(f"kd_diag/{side}_{key}", value, epoch)
+        return stats
+
     def load_params_from_file(self, filename, logger, to_cpu=False):
         """Initialise the student from a plain or KD checkpoint (``--pretrained_model``); heads are untouched."""
         from .checkpoint import load_student_weights
@@ -152,21 +208,35 @@ class Distiller(nn.Module):
         t_rec = self._teacher.record(teacher_batch, self.teacher_taps)
         with RecorderManager(self.student, self.student_taps, detach=False, who="KD student") as rec:
             ret_dict, tb_dict, disp_dict = self.student(student_batch)
-        s_rec = rec.records
+        s_rec = s_rec_raw = rec.records
         det_loss = ret_dict["loss"]
         total = self.det_loss_weight * det_loss
         tb_dict = dict(tb_dict)
         tb_dict["det_loss"] = det_loss.item()
         # distillation losses in float32 whatever the autocast of the step (mixed-precision taps are upcast)
         t_rec, s_rec = to_float32(t_rec), to_float32(s_rec)
+        scale = self.kd_scale()
+        all_terms = {}
         for name, head in self.kd_heads.items():
             feats = {role: ([t_rec[t] for t in tl], [s_rec[s] for s in sl])
                      for role, (tl, sl) in self.head_taps[name].items()}
             with autocast_off(det_loss):
                 terms = head(feats, student_batch, teacher_batch)
             for term, value in terms.items():
+                value = value * scale if scale != 1.0 else value
+                all_terms[term] = value
                 total = total + value
                 tb_dict[term] = value.item()
+            for key, value in getattr(head, "stats", {}).items():
+                tb_dict[f"diag_{name}_{key}"] = float(value)
+        if self.warmup > 0:
+            tb_dict["diag_kd_scale"] = scale
+        if self.diag.grad_interval and int(self.student.global_step.item()) % self.diag.grad_interval == 0:
+            norms = diagnostics.grad_norms(self.student, self.det_loss_weight * det_loss, all_terms,
+                                           taps=s_rec_raw)
+            tb_dict.update({f"diag_grad_{k}": v for k, v in norms.items() if not k.startswith("tap:")})
+            self._log(f"KD grad norms at step {int(self.student.global_step.item())}: "
+                      + diagnostics.format_grad_norms(norms))
         tb_dict["loss"] = total.item()
         ret = dict(ret_dict)
         ret["loss"] = total

@@ -57,7 +57,11 @@ def test_total_loss_is_weighted_sum_and_gradients_reach_student_and_heads(setup)
     ret["loss"].backward()
     assert student.vfe.pfn_layers[0].linear.weight.grad.abs().sum() > 0
     head = distiller.kd_heads["itkd"]
-    assert head.adapter.weight.grad.abs().sum() > 0 and head.fusion[1].weight.grad.abs().sum() > 0
+    assert head.adapter.weight.grad.abs().sum() > 0
+    assert head.fusion[0].weight.grad is None  # FUSION frozen: a fixed projection
+    diag = {k: v for k, v in tb.items() if k.startswith("diag_grad_")}  # step 0: a GRAD_INTERVAL step
+    assert diag["diag_grad_det"] > 0 and diag["diag_grad_kd_itkd_attn"] > 0
+    assert diag["diag_grad_kd_itkd_attn/det"] == pytest.approx(diag["diag_grad_kd_itkd_attn"] / diag["diag_grad_det"])
 
 
 def test_eval_delegates_to_student_without_teacher(setup, monkeypatch):
@@ -151,3 +155,61 @@ def test_wiring_errors_name_the_tap(tmp_path):
     head["STUDENT_TAP"] = "backbone_2d@no_such_key"
     with pytest.raises(KeyError, match="no_such_key"):
         S.build_setup(tmp_path, kd_heads=[head])
+
+
+def test_warmup_ramps_every_distillation_term_linearly(setup):
+    _, _, _, student, distiller, batch = setup
+    saved = (distiller.warmup, distiller.total_iters, student.global_step.clone())
+    try:
+        distiller.warmup = 0.25
+        distiller.total_iters = None
+        with pytest.raises(RuntimeError, match="set_schedule"):
+            distiller.kd_scale()
+        distiller.set_schedule(200)  # warm-up over the first 50 iterations
+        assert [distiller.kd_scale(s) for s in (0, 10, 25, 50, 51, 199)] == [0.0, 0.2, 0.5, 1.0, 1.0, 1.0]
+        torch.manual_seed(0)
+        student.global_step.fill_(60)
+        _, full, _ = distiller(dict(batch))
+        torch.manual_seed(0)
+        student.global_step.fill_(10)
+        _, ramp, _ = distiller(dict(batch))
+        assert ramp["diag_kd_scale"] == 0.2 and "diag_kd_scale" in full
+        for term in ("kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn"):
+            assert ramp[term] == pytest.approx(0.2 * full[term], rel=1e-4), term
+        assert ramp["det_loss"] == pytest.approx(full["det_loss"], rel=1e-5)
+        with pytest.raises(ValueError, match="WARMUP"):
+            from pcdet.kd.distiller import Distiller
+            Distiller(student, distiller.teacher, {"HEADS": [{"NAME": "FitNet"}], "WARMUP": 1.5},
+                      distiller.teacher_grid, distiller.student_grid, batch)
+    finally:
+        distiller.warmup, distiller.total_iters = saved[0], saved[1]
+        student.global_step.copy_(saved[2])
+
+
+def test_score_stats_at_gt_centres_vs_background_hand_built():
+    import numpy as np
+    from pcdet.kd.diagnostics import class_score_stats
+    from pcdet.kd.distill_heads import GridInfo
+    grid = GridInfo(np.array([0, 0, -2, 4, 4, 2], dtype=np.float32), np.array([1.0, 1.0, 4.0], dtype=np.float32),
+                    ["Car", "Pedestrian"], {})
+    probs = torch.full((1, 2, 4, 4), 0.1)
+    probs[0, 1, 3, 3] = 0.3  # the highest background cell
+    probs[0, 0, 1, 2] = 0.9  # Car centre at x=2.5, y=1.5 -> cell (y=1, x=2)
+    probs[0, 1, 0, 0] = 0.5  # Pedestrian centre at (0.2, 0.7) -> cell (0, 0)
+    boxes = torch.zeros(1, 3, 8)
+    boxes[0, 0] = torch.tensor([2.5, 1.5, 0, 2, 1, 1, 0, 1])
+    boxes[0, 1] = torch.tensor([0.2, 0.7, 0, 1, 1, 1, 0, 2])
+    stats = class_score_stats([(probs, [1, 2])], boxes, grid)
+    assert stats["fg"] == pytest.approx(0.7) and stats["fg_Car"] == pytest.approx(0.9)
+    assert stats["fg_Pedestrian"] == pytest.approx(0.5)
+    # 14 background cells: max over classes is 0.1 except the 0.3 cell
+    assert stats["bg"] == pytest.approx((13 * 0.1 + 0.3) / 14)
+
+
+def test_epoch_end_diagnostics_cover_teacher_and_student(setup):
+    _, _, _, _, distiller, _ = setup
+    stats = distiller.on_epoch_end(1)
+    assert set(stats) == {"teacher", "student"}
+    for side in stats.values():
+        assert 0.0 < side["bg"] < 1.0 and "bg_p99" in side
+    assert distiller.training  # the student went back to train mode

@@ -139,19 +139,88 @@ def _train_fusion_only(head, x_t, x_s, boxes, steps=150):
     return first, loss.item(), sum(r.item() for r in rel) / len(rel)
 
 
+def _many_boxes(b=2, m=24, seed=0):
+    """(b, m, 8) real GT boxes at distinct random cells of the 8 x 8 stride-2 map, classes 1..3."""
+    g = torch.Generator().manual_seed(seed)
+    boxes = torch.zeros(b, m, 8)
+    for i in range(b):
+        cells = torch.randperm(64, generator=g)[:m]
+        boxes[i, :, 0] = (cells % 8).float() + 0.5
+        boxes[i, :, 1] = (cells // 8).float() + 0.5
+        boxes[i, :, 3:6] = 1.0
+        boxes[i, :, 7] = torch.randint(1, 4, (m,), generator=g).float()
+    return boxes
+
+
 def test_itkd_attention_not_minimisable_by_fusion_alone():
     torch.manual_seed(0)
-    boxes = _gt_boxes()
+    boxes = _many_boxes()  # 48 objects over two task groups
     x_t, x_s = _heads_out(2, 5), _heads_out(2, 6)
-    guarded = _itkd(4, 4, [4])
-    start, end, rel = _train_fusion_only(guarded, x_t, x_s, boxes)
-    # the relation term does not depend on the fusion layer: it is a floor, and it is a stated share of the start
-    assert end >= 0.99 * rel
-    assert end >= 0.5 * start, (start, end)  # measured: 18.7 -> 10.8 (58%); the floor is 10.83
-    # the authors' defect (free fusion, no relation term) collapses: this is what the guard prevents
-    free = _itkd(4, 4, [4], NORMALIZE_FUSION=False, RELATION_WEIGHT=0.0)
-    start_f, end_f, _ = _train_fusion_only(free, x_t, x_s, boxes)
-    assert end_f < 0.05 * start_f, (start_f, end_f)  # measured: 3.1 -> 0.003
+    guarded = _itkd(4, 4, [4])  # default: FUSION frozen, relation guard on
+    assert all(not p.requires_grad for p in guarded.fusion.parameters())
+    opt = torch.optim.Adam([p for p in guarded.parameters() if p.requires_grad] or [torch.zeros(1)], lr=0.05)
+    start = guarded.attention_terms(boxes, x_t, x_s)[0].item()
+    for _ in range(50):  # every distillation module that can learn, learns: the loss must not move
+        loss = guarded.attention_terms(boxes, x_t, x_s)[0]
+        opt.zero_grad()
+        if loss.requires_grad:
+            loss.backward()
+        opt.step()
+    assert guarded.attention_terms(boxes, x_t, x_s)[0].item() == pytest.approx(start, rel=1e-6)
+    # unit-norm but learnable rows ('normalized'): with tau = sqrt(500) the attended features are close to channel
+    # means, so the differences span few directions and the rows learn to be orthogonal to them on a fixed batch
+    start_n, end_n, rel_n = _train_fusion_only(_itkd(4, 4, [4], FUSION="normalized"), x_t, x_s, boxes)
+    assert end_n < 0.1 * start_n, (start_n, end_n)  # measured: 6.4 -> 0.29
+    assert end_n >= 0.99 * rel_n > 0  # the relation term stays as a floor
+    # the authors' defect (free fusion, no relation term) collapses to zero
+    start_f, end_f, _ = _train_fusion_only(_itkd(4, 4, [4], FUSION="trainable", RELATION_WEIGHT=0.0), x_t, x_s,
+                                           boxes)
+    assert end_f < 0.05 * start_f, (start_f, end_f)  # measured: 3.8 -> 0.08
+    with pytest.raises(ValueError, match="FUSION"):
+        _itkd(4, 4, [4], FUSION="free")
+
+
+def test_itkd_attention_zero_on_equal_outputs_and_gradient_reaches_student_head():
+    head = _itkd(4, 4, [4])
+    boxes = _many_boxes(m=10, seed=3)
+    x_t = _heads_out(2, 7)
+    x_same = [{k: v.clone().requires_grad_(True) for k, v in o.items()} for o in x_t]
+    loss, fused, rel, n = head.attention_terms(boxes, x_t, x_same)
+    assert n == 20 and loss.item() == 0.0
+    x_s = [{k: v.clone().requires_grad_(True) for k, v in o.items()} for o in _heads_out(2, 8)]
+    loss, _, _, _ = head.attention_terms(boxes, x_t, x_s)
+    loss.backward()
+    for group in x_s:
+        for key, value in group.items():
+            assert value.grad is not None and value.grad.abs().sum() > 0, key
+            # only the object cells receive gradient: at most 10 cells per sample
+            assert torch.count_nonzero(value.grad.abs().sum(1)) <= 20
+    assert head.fusion[0].weight.grad is None  # frozen fusion: only the student learns from L_attn
+
+
+def test_itkd_attention_per_sample_tau_and_sigmoid_option():
+    head = _itkd(4, 4, [4])
+    assert head.tau == pytest.approx(500 ** 0.5)  # default: sqrt(500 object slots)
+    assert _itkd(4, 4, [4], TEMPERATURE=3.0).tau == 3.0
+    boxes = _many_boxes(m=6, seed=4)
+    boxes[..., 7] = 1  # all Cars: task group 0
+    x_t, x_s = _heads_out(2, 1), _heads_out(2, 2)
+    # per sample: sample 1's relations do not change when sample 0's outputs change
+    from pcdet.kd.distill_heads.base import box_centre_cells
+    from pcdet.kd.losses import head_relation_inputs
+    keep, iy, ix = box_centre_cells(boxes, _grid(), 2, 8, 8, head.groups[0][2])
+    x_s2 = [{k: v.clone() for k, v in o.items()} for o in x_s]
+    x_s2[0]["dim"][0] += 5.0  # sample 0 only
+    g0 = head._gather(x_s[0], head.groups[0][0], iy, ix)
+    g1 = head._gather(x_s2[0], head.groups[0][0], iy, ix)
+    _, r_a = head_relation_inputs(g0, head.groups[0][1], head.tau, keep)
+    _, r_b = head_relation_inputs(g1, head.groups[0][1], head.tau, keep)
+    assert torch.allclose(r_a[0][1], r_b[0][1]) and not torch.allclose(r_a[0][0], r_b[0][0])
+    sig = _itkd(4, 4, [4], HM_ACTIVATION="sigmoid")
+    raw = head._gather(x_s[0], head.groups[0][0], iy, ix)
+    assert torch.allclose(sig._gather(x_s[0], head.groups[0][0], iy, ix)[..., :1], torch.sigmoid(raw[..., :1]))
+    with pytest.raises(ValueError, match="HM_ACTIVATION"):
+        _itkd(4, 4, [4], HM_ACTIVATION="softmax")
 
 
 def test_itkd_rejects_head_config_that_does_not_match_outputs():
@@ -194,7 +263,10 @@ def test_pointdistiller_topn_knn_within_scans_and_phi(monkeypatch):
     f_t = torch.randn(10, 6)
     f_s = torch.randn(10, 3, requires_grad=True)
     out = head({"feature": ([f_t], [f_s])}, batch)
-    # top-3 by RAW counts (not the capped ones) per scan: scan 0 rows 2, 4, 0; scan 1 rows 7, 9, 6
+    # top-3 by the counts the detector sees (capped at 4): scan 0 rows {0, 2, 4}, scan 1 rows {6, 7, 9}
+    assert sorted(seen["query"][:3].tolist()) == [0, 2, 4] and sorted(seen["query"][3:].tolist()) == [6, 7, 9]
+    # the uncapped option ranks by the raw counts: scan 0 rows 2, 4, 0; scan 1 rows 7, 9, 6
+    _pd(6, 3, IMPORTANCE="points_uncapped")({"feature": ([f_t], [f_s])}, batch)
     assert seen["query"].tolist() == [2, 4, 0, 7, 9, 6]
     assert (seen["batch"][seen["idx"]] == seen["batch"][seen["query"]][:, None]).all()
     assert (seen["idx"][:, 0] == seen["query"]).all()  # self is the nearest
@@ -205,7 +277,7 @@ def test_pointdistiller_topn_knn_within_scans_and_phi(monkeypatch):
 
 
 def test_pointdistiller_loss_matches_formula_by_hand():
-    head = _pd(4, 4, K=2, NUM_KEEP=2, TAU=0.5, EDGE_MODE="diff")
+    head = _pd(4, 4, K=2, NUM_KEEP=2, TAU=0.5, EDGE_MODE="diff", IMPORTANCE="points_uncapped")
     head.eval()  # BN with running stats (identity at init) so the graph layer is a plain conv + ReLU
     batch = _pillar_batch()
     torch.manual_seed(1)
@@ -213,7 +285,7 @@ def test_pointdistiller_loss_matches_formula_by_hand():
     loss = head({"feature": ([f_t], [f_s])}, batch)["kd_pointdistiller"]
     from pcdet.ops.knn import knn_in_scans
     counts = batch["voxel_num_points_raw"].float()
-    query = torch.tensor([2, 4, 7, 9])
+    query = torch.tensor([2, 4, 7, 9])  # top-2 per scan by the raw counts
     idx, valid = knn_in_scans(f_t, batch["voxel_coords"][:, 0], 2, query_index=query)
     bn_scale = 1 / (1 + 1e-5) ** 0.5
 
@@ -230,6 +302,36 @@ def test_pointdistiller_loss_matches_formula_by_hand():
     phi = torch.cat([2 * torch.softmax(counts[[2, 4]] / 0.5, 0), 2 * torch.softmax(counts[[7, 9]] / 0.5, 0)])
     err = (graph(head.graph_t, f_t) - graph(head.graph_s, f_s)) ** 2 * phi[:, None, None]
     assert torch.isclose(loss, 2.0 * err.mean(), rtol=1e-5)
+
+
+def test_pointdistiller_effective_rows_of_capped_counts_and_warning(caplog):
+    # one scan of 40 pillars; raw counts 1..40, capped at 20 (MAX_POINTS_PER_VOXEL): the 21 pillars with >= 20
+    # points tie at the cap. N = 30 kept rows, tau = 0.01 (the authors')
+    rows = 40
+    coords = torch.zeros(rows, 4, dtype=torch.long)
+    coords[:, 3] = torch.arange(rows)
+    raw = torch.arange(1, rows + 1)
+    batch = {"voxel_coords": coords, "voxel_num_points_raw": raw, "voxel_num_points": raw.clamp(max=20)}
+    feats = {"feature": ([torch.randn(rows, 6)], [torch.randn(rows, 3)])}
+
+    def run(importance):
+        cfg = EasyDict({"NAME": "PointDistiller", "TEACHER_TAP": "t", "STUDENT_TAP": "s", "NUM_KEEP": 30, "K": 4,
+                        "TAU": 0.01, "LOSS_WEIGHT": 2.0, "GRAPH_CHANNELS": 5, "IMPORTANCE": importance})
+        head = KD_HEADS.get("PointDistiller")(cfg, _ctx({"feature": ([(rows, 6)], [(rows, 3)])},
+                                                        logger=logging.getLogger("test_pd_phi")))
+        head(feats, batch)
+        return head.stats["effective_rows"]
+
+    with caplog.at_level(logging.INFO, logger="test_pd_phi"):
+        capped = run("points")
+    # 21 capped rows share the weight uniformly (phi = 30/21), the 9 others (19..11 points) get ~0
+    assert capped == pytest.approx(21 / 30, abs=1e-6)
+    assert "21 of 30" in caplog.text and "phi concentrates" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test_pd_phi"):
+        uncapped = run("points_uncapped")
+    assert uncapped == pytest.approx(1 / 30, abs=1e-6)  # one-hot on the densest pillar
+    assert "phi concentrates on few rows" in caplog.text and "1.0 of 30 effective rows" in caplog.text
 
 
 def test_pointdistiller_bev_mode_uses_teacher_max_and_config_checks():
@@ -307,7 +409,7 @@ def _train_pd_modules_only(mode, steps=300, rows=400):
     head = KD_HEADS.get("PointDistiller")(cfg, _ctx({"feature": ([(rows, 16)], [(rows, 8)])}))
     coords = torch.zeros(rows, 4, dtype=torch.long)
     coords[rows // 2:, 0] = 1
-    batch = {"voxel_coords": coords, "voxel_num_points_raw": torch.randint(1, 30, (rows,))}
+    batch = {"voxel_coords": coords, "voxel_num_points": torch.randint(1, 30, (rows,))}
     f_t, f_s = torch.relu(torch.randn(rows, 16)), torch.relu(torch.randn(rows, 8))
     opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=0.01)
     losses = []

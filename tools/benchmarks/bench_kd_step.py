@@ -150,8 +150,12 @@ def run_case(name, cfg_rel, mode, args, device, logger, tmp):
         torch.cuda.reset_peak_memory_stats(device)
     _step(student.train(), _optimizer(student), batches[0], device, amp)
     mem_student = peak_memory_mb(device)
+    # timings without the periodic diagnostics (extra backward passes every GRAD_INTERVAL steps)
+    cfg.KD.DIAGNOSTICS = {"GRAD_INTERVAL": 0, "SCORE_STATS": False}
     distiller = build_distiller(cfg, student, dataset, logger, teacher_ckpt=str(teacher_ckpt),
                                 example_batch=batches[0], cfg_file=cfg_path)
+    distiller.set_schedule(max(1, args.iters))
+    distiller.student.global_step.fill_(10 ** 9)  # past any KD.WARMUP: every distillation term at full weight
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _step(distiller.train(), _optimizer(distiller), batches[0], device, amp)

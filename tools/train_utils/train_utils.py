@@ -13,6 +13,7 @@ import tqdm
 from pcdet.utils import checkpoint_utils
 
 KD_PREFIX = "kd_"
+DIAG_PREFIX = "diag_"  # distillation diagnostics (gradient norms, statistics): shown with the kd terms, not losses
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,7 +54,7 @@ def split_terms(tb_dict):
         value = _scalar(term)
         if value is None:
             continue
-        (kd if key.startswith(KD_PREFIX) else det)[key] = value
+        (kd if key.startswith((KD_PREFIX, DIAG_PREFIX)) else det)[key] = value
     return det, kd
 
 
@@ -179,6 +180,9 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
                 ckpt_save_iter_interval=ckpt_save_iter_interval,
             )
             trained_epoch = cur_epoch + 1
+            target = model.module if hasattr(model, "module") else model
+            if rank == 0 and hasattr(target, "on_epoch_end"):
+                target.on_epoch_end(trained_epoch, tb_log)  # e.g. the distiller's per-epoch diagnostics
             if rank == 0 and (trained_epoch % ckpt_save_interval == 0 or trained_epoch == total_epochs):
                 path = checkpoint_utils.save_checkpoint(
                     checkpoint_utils.checkpoint_state(model, optimizer, trained_epoch, accumulated_iter),

@@ -97,28 +97,38 @@ class GraphLayer(nn.Module):
         return self._finish(self.conv(edges))
 
 
-class NormalizedConv1x1(nn.Module):
-    """1x1 linear map whose every output row has unit L2 norm (weight normalisation without a gain).
+class FusionLinear(nn.Module):
+    """1x1 linear map (M, c_in) -> (M, c_out) of the itKD fusion layer, in one of three modes.
 
-    Used for the itKD fusion layer: a unit-norm row cannot shrink to zero, so the fusion alone cannot make the
-    attention loss vanish by scaling. (M, c_in) -> (M, c_out).
+    'trainable': a free weight (the authors; it can learn all-zero rows and drive L_attn to zero);
+    'normalized': every output row has unit L2 norm (cannot shrink, but it can still learn rows orthogonal to the
+    teacher-student differences: with the authors' tau = sqrt(500) the attended features X A are close to channel
+    means, so those differences span only a few directions and the loss collapses on a fixed batch, see
+    tests/kd/test_kd_heads.py); 'frozen': unit-norm rows of a fixed random draw, so no distillation module can
+    lower the loss except the student.
     """
 
-    def __init__(self, c_in, c_out, normalize=True, eps=1e-6):
+    MODES = ("trainable", "normalized", "frozen")
+
+    def __init__(self, c_in, c_out, mode="frozen", eps=1e-6):
         super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"FusionLinear: mode must be one of {self.MODES}, got '{mode}'")
         self.weight = nn.Parameter(torch.empty(int(c_out), int(c_in)))
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
-        self.normalize = bool(normalize)
+        self.mode = mode
         self.eps = eps
+        if mode == "frozen":
+            self.weight.requires_grad_(False)
 
     def effective_weight(self):
-        if not self.normalize:
+        if self.mode == "trainable":
             return self.weight
         return self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(self.eps)
 
     def forward(self, x):
         if x.shape[-1] != self.weight.shape[1]:
-            raise ValueError(f"NormalizedConv1x1: expected (..., {self.weight.shape[1]}), got {tuple(x.shape)}")
+            raise ValueError(f"FusionLinear: expected (..., {self.weight.shape[1]}), got {tuple(x.shape)}")
         return x @ self.effective_weight().t()
 
 

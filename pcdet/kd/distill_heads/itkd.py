@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from ..adapters import ConvStack, NormalizedConv1x1, conv1x1, resample_to
+from ..adapters import ConvStack, FusionLinear, conv1x1, resample_to
 from ..losses import head_relation_inputs, masked_l1, relation_attention_loss
 from ..losses.feature import zero_like_graph
 from .base import KD_HEADS, KDHead, bev_box_mask, box_centre_cells, box_centre_pixels, channels_of, map_stride
@@ -30,19 +30,27 @@ def center_head_groups(model_cfg, class_names, who):
     return groups
 
 
+# weight of the relation-matrix guard; chosen on the tuning split (docs/KD.md, "itKD relation guard")
+DEFAULT_RELATION_WEIGHT = 1.0
+
+
 @KD_HEADS.register(name="ITKD")
 class ITKDHead(KDHead):
     """Interchange transfer on the dense-head input map and relation-aware attention on the head outputs.
 
     Config (KD.HEADS item): TEACHER_TAP / STUDENT_TAP (BEV map, (B, C, H, W)); AE: {WEIGHT, ENCODER_WIDTHS (ends at
     C_z), FG_MASK, CENTER_MSE_WEIGHT, NORM ('bn' default or 'none')}; ATTN: {ENABLED, WEIGHT, TEACHER_TAP / STUDENT_TAP (per-task SeparateHead,
-    may end in '.*'), RELATION_WEIGHT, NORMALIZE_FUSION}.
+    may end in '.*'), RELATION_WEIGHT (weight of the mean |A_S - A_T| guard), FUSION ('frozen' default, 'normalized',
+    'trainable': see adapters.FusionLinear), TEMPERATURE (tau; default sqrt(TARGET_ASSIGNER_CONFIG.NUM_MAX_OBJS)), HM_ACTIVATION ('none': heatmap
+    logits, as the authors; 'sigmoid')}.
     Terms: kd_itkd_t2s, kd_itkd_s2t, kd_itkd_cr (each * AE.WEIGHT), kd_itkd_center_mse (optional),
     kd_itkd_attn (* ATTN.WEIGHT).
     """
     KEYS = ("TEACHER_TAP", "STUDENT_TAP", "AE", "ATTN")
     SUB_KEYS = {"AE": ("WEIGHT", "ENCODER_WIDTHS", "FG_MASK", "CENTER_MSE_WEIGHT", "NORM"),
-                "ATTN": ("ENABLED", "WEIGHT", "TEACHER_TAP", "STUDENT_TAP", "RELATION_WEIGHT", "NORMALIZE_FUSION")}
+                "ATTN": ("ENABLED", "WEIGHT", "TEACHER_TAP", "STUDENT_TAP", "RELATION_WEIGHT", "FUSION",
+                         "TEMPERATURE", "HM_ACTIVATION")}
+    HM_ACTIVATIONS = ("none", "sigmoid")
 
     @staticmethod
     def tap_requests(cfg):
@@ -82,7 +90,11 @@ class ITKDHead(KDHead):
         self.attn_enabled = bool(attn.get("ENABLED", True))
         if self.attn_enabled:
             self.attn_weight = float(attn.get("WEIGHT", 1.0))
-            self.relation_weight = float(attn.get("RELATION_WEIGHT", 1.0))
+            self.relation_weight = float(attn.get("RELATION_WEIGHT", DEFAULT_RELATION_WEIGHT))
+            self.hm_activation = str(attn.get("HM_ACTIVATION", "none"))
+            if self.hm_activation not in self.HM_ACTIVATIONS:
+                raise ValueError(f"ITKD: ATTN.HM_ACTIVATION must be one of {self.HM_ACTIVATIONS}, got "
+                                 f"'{self.hm_activation}'")
             groups_s = center_head_groups(ctx.student.model_cfg, ctx.student.class_names, "ITKD student")
             groups_t = center_head_groups(ctx.teacher.model_cfg, ctx.teacher.class_names, "ITKD teacher")
             if [g[:2] for g in groups_s] != [g[:2] for g in groups_t]:
@@ -102,9 +114,20 @@ class ITKDHead(KDHead):
                                    ["FEATURE_MAP_STRIDE"])
             self.teacher_head_stride = int(ctx.teacher.model_cfg["DENSE_HEAD"]["TARGET_ASSIGNER_CONFIG"]
                                            ["FEATURE_MAP_STRIDE"])
-            self.normalize_fusion = bool(attn.get("NORMALIZE_FUSION", True))
-            self.fusion = nn.ModuleList(NormalizedConv1x1(2 * sum(sizes), sum(sizes), self.normalize_fusion)
+            # tau = sqrt(object slots) as the authors (500 slots: tau 22.4), not sqrt(objects present)
+            slots = int(ctx.student.model_cfg["DENSE_HEAD"]["TARGET_ASSIGNER_CONFIG"].get("NUM_MAX_OBJS", 500))
+            tau = attn.get("TEMPERATURE", None)
+            self.tau = float(tau) if tau is not None else float(slots) ** 0.5
+            if self.tau <= 0:
+                raise ValueError(f"ITKD: ATTN.TEMPERATURE must be > 0, got {self.tau}")
+            self.fusion_mode = str(attn.get("FUSION", "frozen"))
+            if self.fusion_mode not in FusionLinear.MODES:
+                raise ValueError(f"ITKD: ATTN.FUSION must be one of {FusionLinear.MODES}, got '{self.fusion_mode}'")
+            self.fusion = nn.ModuleList(FusionLinear(2 * sum(sizes), sum(sizes), self.fusion_mode)
                                         for _, sizes, _ in self.groups)
+            ctx.log(f"ITKD attention: {len(self.groups)} task group(s), per-sample relations, tau={self.tau:.3g}, "
+                    f"heatmap {self.hm_activation}, relation guard weight {self.relation_weight}, "
+                    f"fusion {self.fusion_mode}")
 
     # -- autoencoder -------------------------------------------------------------------------------------------
     def ae_losses(self, f_t, f_s, weight=None):
@@ -122,36 +145,47 @@ class ITKDHead(KDHead):
         }
 
     # -- head attention ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _gather(out, keys, b, iy, ix):
-        """dict of (B, C_k, H, W) -> (K, sum C_k) at pixels (b, iy, ix)."""
-        return torch.cat([out[k][b, :, iy, ix] for k in keys], dim=1)
+    def _gather(self, out, keys, iy, ix):
+        """dict of (B, C_k, H, W) -> (B, M, sum C_k) at the cells (iy, ix) (B, M); heatmap logits or sigmoid."""
+        b = torch.arange(iy.shape[0], device=iy.device)[:, None].expand_as(iy)
+        h, w = out["hm"].shape[-2:]
+        iy, ix = iy.clamp(0, h - 1), ix.clamp(0, w - 1)  # padded slots: any cell, masked out by the caller
+        parts = []
+        for k in keys:
+            v = out[k][b, :, iy, ix]
+            if k == "hm" and self.hm_activation == "sigmoid":
+                v = torch.sigmoid(v)
+            parts.append(v)
+        return torch.cat(parts, dim=-1)
 
     def attention_terms(self, gt_boxes, heads_t, heads_s):
-        """L_attn averaged over task groups; returns (loss, per-group fused terms, per-group relation terms,
-        number of objects). Objects are the real GT boxes of the group's classes centred on both maps."""
+        """L_attn averaged over the task groups that hold objects; returns (loss, per-group fused terms,
+        per-group relation terms, number of objects). Objects are the real GT boxes of the group's classes centred
+        on both maps; relations are computed per sample (B, C, C), never over the objects of the batch pooled."""
         losses, fused_terms, rel_terms, total_objects = [], [], [], 0
         for g, ((keys, sizes, ids), out_t, out_s) in enumerate(zip(self.groups, heads_t, heads_s)):
             keep_s, iy_s, ix_s = box_centre_cells(gt_boxes, self.student_grid, self.head_stride,
                                                   *out_s["hm"].shape[-2:], ids)
             keep_t, iy_t, ix_t = box_centre_cells(gt_boxes, self.teacher_grid, self.teacher_head_stride,
                                                   *out_t["hm"].shape[-2:], ids)
-            b, m = torch.nonzero(keep_s & keep_t, as_tuple=True)  # same objects, same order on both sides
-            n = int(b.numel())
+            mask = keep_s & keep_t  # (B, M): the same objects in the same slots on both sides
+            n = int(mask.sum())
             total_objects += n
             if n == 0:
-                losses.append(zero_like_graph(*[out_s[k] for k in keys], *self.fusion[g].parameters()))
                 continue
-            x_s = self._gather(out_s, keys, b, iy_s[b, m], ix_s[b, m])
-            x_t = self._gather(out_t, keys, b, iy_t[b, m], ix_t[b, m])
-            cat_s, rel_s = head_relation_inputs(x_s, sizes)
-            cat_t, rel_t = head_relation_inputs(x_t, sizes)
+            x_s = self._gather(out_s, keys, iy_s, ix_s)
+            x_t = self._gather(out_t, keys, iy_t, ix_t)
+            cat_s, rel_s = head_relation_inputs(x_s, sizes, self.tau, mask)
+            cat_t, rel_t = head_relation_inputs(x_t, sizes, self.tau, mask)
             fuse = self.fusion[g]
-            loss, fused_term, rel_term = relation_attention_loss(fuse(cat_s), fuse(cat_t), rel_s, rel_t, n,
+            loss, fused_term, rel_term = relation_attention_loss(fuse(cat_s), fuse(cat_t), rel_s, rel_t, mask,
                                                                  self.relation_weight)
             losses.append(loss)
             fused_terms.append(fused_term.detach())
             rel_terms.append(rel_term.detach())
+        if not losses:
+            zero = zero_like_graph(*[o[k] for o in heads_s for k in o], *self.fusion.parameters())
+            return zero, fused_terms, rel_terms, 0
         return torch.stack(losses).mean(), fused_terms, rel_terms, total_objects
 
     def forward(self, feats, batch_dict, teacher_batch=None):

@@ -7,7 +7,11 @@ from ..losses import pointdistiller_loss, scan_softmax_weights
 from ..losses.feature import zero_like_graph
 from .base import KD_HEADS, KDHead, channels_of
 
-IMPORTANCE_MODES = ("auto", "points", "teacher_max")
+IMPORTANCE_MODES = ("auto", "points", "points_uncapped", "teacher_max")
+# batch key of each count mode: the detector's view (capped at MAX_POINTS_PER_VOXEL) or the raw count
+COUNT_KEYS = {"points": "voxel_num_points", "points_uncapped": "voxel_num_points_raw"}
+# warn when the effective number of weighted rows exp(entropy(phi / N)) falls below this share of N
+EFFECTIVE_ROWS_WARN = 0.05
 
 
 def _knn():
@@ -47,11 +51,13 @@ def top_rows_per_scan(scores, batch_idx, num_keep):
 @KD_HEADS.register(name="PointDistiller")
 class PointDistillerHead(KDHead):
     """Config: TEACHER_TAP / STUDENT_TAP; NUM_KEEP (N per scan), K, TAU, LOSS_WEIGHT (lambda), GRAPH_CHANNELS (C'),
-    EDGE_MODE ('concat' = [F(j); F(i)] or 'diff' = [F(j) - F(i); F(i)]), IMPORTANCE ('auto': raw point counts per
-    voxel for (V, C) rows, teacher channel max otherwise; 'points'; 'teacher_max'), TEACHER_GRAPH ('frozen'
-    default: teacher side a fixed random projection + BN without affine; 'normalized': BN without affine;
-    'trainable': as the authors, both sides free, which collapses).
-    Term: kd_pointdistiller.
+    EDGE_MODE ('concat' = [F(j); F(i)] or 'diff' = [F(j) - F(i); F(i)]), IMPORTANCE ('auto': 'points' for (V, C)
+    rows, 'teacher_max' otherwise; 'points': points per voxel as the detector sees them, capped at
+    MAX_POINTS_PER_VOXEL, as the authors; 'points_uncapped': the raw count; 'teacher_max': channel max of the
+    teacher feature), TEACHER_GRAPH ('frozen' default: teacher side a fixed random projection + BN without affine;
+    'normalized': BN without affine; 'trainable': as the authors, both sides learn).
+    Term: kd_pointdistiller. Statistic: ``stats['effective_rows']``, the mean over scans of exp(entropy(phi / N))
+    / N (1 = uniform weights; a warning is logged when a scan falls under 5%).
     """
     KEYS = ("TEACHER_TAP", "STUDENT_TAP", "NUM_KEEP", "K", "TAU", "LOSS_WEIGHT", "GRAPH_CHANNELS", "EDGE_MODE",
             "IMPORTANCE", "TEACHER_GRAPH")
@@ -96,6 +102,9 @@ class PointDistillerHead(KDHead):
         self.graph_t = GraphLayer(2 * c_t, c_g, mode=self.teacher_graph)
         self.graph_s = GraphLayer(2 * c_s, c_g)
         self.logged_phi = False
+        self.warned_at = None
+        self.calls = 0
+        self.stats = {}
         self.logger = ctx.logger
         ctx.log(f"PointDistiller: C_T={c_t} C_S={c_s} C'={c_g} N={self.num_keep} K={self.k} tau={self.tau} "
                 f"lambda={self.loss_weight} edges={self.edge_mode} importance={self.importance} "
@@ -107,25 +116,42 @@ class PointDistillerHead(KDHead):
             mode = "points" if is_voxel_rows else "teacher_max"
         if mode == "teacher_max":
             return f_t_rows.max(dim=1).values
-        for key in ("voxel_num_points_raw", "voxel_num_points"):
-            if key in batch_dict:
-                counts = batch_dict[key]
-                if counts.shape[0] != f_t_rows.shape[0]:
-                    raise ValueError(f"PointDistiller: batch key '{key}' has {counts.shape[0]} rows but the tapped "
-                                     f"feature has {f_t_rows.shape[0]}; IMPORTANCE 'points' needs per-voxel taps")
-                return counts.float()
-        raise KeyError("PointDistiller: IMPORTANCE 'points' needs batch key 'voxel_num_points_raw' or "
-                       "'voxel_num_points'")
+        key = COUNT_KEYS[mode]
+        if key not in batch_dict:
+            raise KeyError(f"PointDistiller: IMPORTANCE '{mode}' needs batch key '{key}' (batch has "
+                           f"{sorted(k for k in batch_dict if k.startswith('voxel'))})")
+        counts = batch_dict[key]
+        if counts.shape[0] != f_t_rows.shape[0]:
+            raise ValueError(f"PointDistiller: batch key '{key}' has {counts.shape[0]} rows but the tapped "
+                             f"feature has {f_t_rows.shape[0]}; IMPORTANCE '{mode}' needs per-voxel taps")
+        return counts.float()
 
-    def _log_phi(self, phi):
-        if self.logged_phi or self.logger is None or phi.numel() == 0:
+    def _check_phi(self, phi, batch_idx):
+        """Effective weighted rows per scan; stores their mean share and warns when a scan is under 5%."""
+        shares = []
+        for b in torch.unique(batch_idx):
+            p = phi[batch_idx == b].detach().double()
+            n = p.numel()
+            q = p / p.sum().clamp_min(1e-30)
+            entropy = -(q * torch.log(q.clamp_min(1e-300))).sum()
+            shares.append((int(b), float(torch.exp(entropy)) / n, n))
+        self.stats = {"effective_rows": sum(s for _, s, _ in shares) / max(len(shares), 1)}
+        low = [(b, s, n) for b, s, n in shares if s < EFFECTIVE_ROWS_WARN]
+        self.calls += 1
+        if self.logger is None:
             return
-        top = max(1, int(round(0.01 * phi.numel())))
-        share = torch.topk(phi, top).values.sum() / phi.sum().clamp_min(1e-12)
-        self.logger.info(f"PointDistiller: phi over {phi.numel()} kept rows: max {phi.max().item():.3f}, "
-                         f"min {phi.min().item():.3g}, top-1% rows hold {100 * share.item():.1f}% of the weight "
-                         f"(tau={self.tau})")
-        self.logged_phi = True
+        if not self.logged_phi:
+            self.logger.info("PointDistiller: effective weighted rows exp(entropy(phi/N)) per scan: " + ", ".join(
+                f"scan {b}: {s * n:.0f} of {n} ({100 * s:.1f}%)" for b, s, n in shares) + f" (tau={self.tau}, "
+                f"importance {self.importance})")
+            self.logged_phi = True
+        if low and (self.warned_at is None or self.calls - self.warned_at >= 500):
+            self.logger.warning(
+                f"PointDistiller: phi concentrates on few rows: " + ", ".join(
+                    f"scan {b}: {s * n:.1f} of {n} effective rows ({100 * s:.2f}%)" for b, s, n in low) +
+                f" < {100 * EFFECTIVE_ROWS_WARN:.0f}% of N; almost nothing is distilled (raise TAU or use "
+                f"IMPORTANCE 'points'); repeated at most every 500 steps")
+            self.warned_at = self.calls
 
     def forward(self, feats, batch_dict, teacher_batch=None):
         value_t, value_s = feats["feature"][0][0], feats["feature"][1][0]
@@ -159,5 +185,5 @@ class PointDistillerHead(KDHead):
         g_t = self.graph_t(f_t, query, idx, self.edge_mode)
         g_s = self.graph_s(f_s, query, idx, self.edge_mode)
         phi = scan_softmax_weights(scores[query], b_t[query], self.tau)
-        self._log_phi(phi)
+        self._check_phi(phi, b_t[query])
         return {f"kd_{self.name}": pointdistiller_loss(g_t, g_s, phi, valid, self.loss_weight)}
