@@ -281,3 +281,18 @@ def test_forward_train_and_eval_keys():
     head.train()
     with pytest.raises(KeyError, match="gt_boxes"):
         head({K.SPATIAL_FEATURES_2D: feats, K.BATCH_SIZE: 1})
+
+
+def test_peak_kernel_defaults_to_openpcdet_decoding():
+    """Default PEAK_KERNEL 1: a pixel next to a stronger one is still a candidate (OpenPCDet decodes every pixel);
+    3 keeps only the local maximum."""
+    cfg = head_cfg(nms_type="nms_gpu", nms_thresh=0.99)
+    assert "PEAK_KERNEL" not in cfg["POST_PROCESSING"]
+    preds = _two_overlapping_groups_preds(make_head(cfg).eval())  # one box per group at (4, 3)
+    preds[0]["hm"][0, 0, 4, 5] = 1.0  # a weaker neighbour two cells away in x (no box overlap at 0.99 IoU)
+    preds[0]["hm"][0, 0, 4, 4] = 2.0  # and a stronger-than-it neighbour next to the peak
+    default = make_head(cfg).eval().generate_predicted_boxes(1, preds)[0]
+    assert len(default["pred_scores"]) == 3 + 1
+    cfg["POST_PROCESSING"]["PEAK_KERNEL"] = 3
+    pooled = make_head(cfg).eval().generate_predicted_boxes(1, preds)[0]
+    assert len(pooled["pred_scores"]) == 1 + 1  # (4, 3) suppresses (4, 4), which suppresses (4, 5)

@@ -159,7 +159,7 @@ def test_decode_returns_planted_box():
     heatmap, center, center_z, dim, rot = _planted_maps()
     out = cu.decode_bbox_from_heatmap(
         heatmap, rot[:, 0:1], rot[:, 1:2], center, center_z, dim, point_cloud_range=PC_RANGE, voxel_size=VOXEL,
-        feature_map_stride=STRIDE, K=10, score_thresh=0.1,
+        feature_map_stride=STRIDE, K=10, score_thresh=0.1, peak_kernel=3,
     )
     assert len(out) == 1
     assert out[0]["pred_boxes"].shape == (1, 7)
@@ -167,10 +167,10 @@ def test_decode_returns_planted_box():
     assert out[0]["pred_scores"].tolist() == pytest.approx([0.9])
     assert out[0]["pred_labels"].tolist() == [1]
 
-    # without peak extraction the neighbour survives too
+    # without peak extraction (the default, as OpenPCDet) the neighbour survives too
     out = cu.decode_bbox_from_heatmap(
         heatmap, rot[:, 0:1], rot[:, 1:2], center, center_z, dim, point_cloud_range=PC_RANGE, voxel_size=VOXEL,
-        feature_map_stride=STRIDE, K=10, score_thresh=0.1, peak_kernel=1,
+        feature_map_stride=STRIDE, K=10, score_thresh=0.1,
     )
     assert out[0]["pred_scores"].tolist() == pytest.approx([0.9, 0.8])
     assert out[0]["pred_boxes"][1, 0].item() == pytest.approx(4.0)  # pixel col 4, no offset -> x = 4 m
@@ -182,13 +182,13 @@ def test_decode_velocity_and_center_limit():
     vel[0, :, 4, 3] = torch.tensor([1.5, -0.5])
     out = cu.decode_bbox_from_heatmap(
         heatmap, rot[:, 0:1], rot[:, 1:2], center, center_z, dim, point_cloud_range=PC_RANGE, voxel_size=VOXEL,
-        feature_map_stride=STRIDE, vel=vel, K=10, score_thresh=0.1,
+        feature_map_stride=STRIDE, vel=vel, K=10, score_thresh=0.1, peak_kernel=3,
     )
     assert out[0]["pred_boxes"].shape == (1, 9)
     assert out[0]["pred_boxes"][0, 7:].tolist() == [1.5, -0.5]
     out = cu.decode_bbox_from_heatmap(
         heatmap, rot[:, 0:1], rot[:, 1:2], center, center_z, dim, point_cloud_range=PC_RANGE, voxel_size=VOXEL,
-        feature_map_stride=STRIDE, K=10, score_thresh=0.1,
+        feature_map_stride=STRIDE, K=10, score_thresh=0.1, peak_kernel=3,
         post_center_limit_range=torch.tensor([3.5, -4.0, -3.0, 8.0, 4.0, 1.0]),
     )
     assert out[0]["pred_boxes"].shape == (0, 7)

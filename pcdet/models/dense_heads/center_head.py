@@ -10,7 +10,8 @@ Config (``MODEL.DENSE_HEAD``), OpenPCDet keys:
     TARGET_ASSIGNER_CONFIG: FEATURE_MAP_STRIDE, NUM_MAX_OBJS, GAUSSIAN_OVERLAP, MIN_RADIUS.
     LOSS_CONFIG.LOSS_WEIGHTS: cls_weight, loc_weight, code_weights (one per regression channel).
     POST_PROCESSING: SCORE_THRESH, POST_CENTER_LIMIT_RANGE, MAX_OBJ_PER_SAMPLE, optional PEAK_KERNEL (max-pool
-        window of the peak extraction before top-K, default 3; 1 decodes every pixel as OpenPCDet does),
+        window of the peak extraction before top-K; default 1: every pixel is a candidate, as OpenPCDet decodes;
+        3 keeps local maxima only),
         NMS_CONFIG (NMS_TYPE, NMS_THRESH, NMS_PRE_MAXSIZE, NMS_POST_MAXSIZE).
         NMS_TYPE: ``nms_gpu`` / ``nms_normal_gpu`` (or without ``_gpu``): class-agnostic NMS per task group;
         ``class_specific_nms``: NMS per class (``NMS_TYPE_PER_CLASS``, default ``nms_gpu``), where NMS_THRESH /
@@ -341,7 +342,7 @@ class CenterHead(nn.Module):
                 K=int(post_cfg.MAX_OBJ_PER_SAMPLE),
                 score_thresh=post_cfg.get("SCORE_THRESH", None),
                 post_center_limit_range=limit,
-                peak_kernel=int(post_cfg.get("PEAK_KERNEL", 3)),
+                peak_kernel=int(post_cfg.get("PEAK_KERNEL", 1)),
             )
             mapping = torch.as_tensor(self.class_id_mapping_each_head[idx], dtype=torch.long,
                                       device=rot.device)

@@ -298,7 +298,7 @@ def _topk(scores, K=40):
 
 def decode_bbox_from_heatmap(heatmap, rot_cos, rot_sin, center, center_z, dim, point_cloud_range=None,
                              voxel_size=None, feature_map_stride=None, vel=None, K=100, score_thresh=None,
-                             post_center_limit_range=None, peak_kernel=3):
+                             post_center_limit_range=None, peak_kernel=1):
     """Boxes at the ``K`` highest heatmap peaks.
 
     Args:

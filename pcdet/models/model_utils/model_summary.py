@@ -33,6 +33,27 @@ def sparse_conv_pairs(layer, out):
     return int(nums.sum())
 
 
+def module_param_counts(model):
+    """{top-level module name: parameter count} of a detector, in ``module_list`` order, plus 'total'."""
+    counts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in model.named_children()
+              if mod is not None and name != "module_list"}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def format_param_table(columns):
+    """Text table of ``{column: module_param_counts(...)}``: one row per module, one column per model."""
+    names = []
+    for counts in columns.values():
+        names += [n for n in counts if n not in names and n != "total"]
+    names.append("total")
+    head = f"{'module':24s}" + "".join(f"{c:>14s}" for c in columns)
+    rows = [head]
+    for n in names:
+        rows.append(f"{n:24s}" + "".join(f"{counts.get(n, 0):>14,d}" for counts in columns.values()))
+    return "\n".join(rows)
+
+
 def summarize(model, batch_dict, print_table=True, logger=None):
     """Count parameters and forward FLOPs of ``model`` on ``batch_dict`` (run once, eval mode, no grad).
 
