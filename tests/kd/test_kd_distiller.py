@@ -51,7 +51,7 @@ def test_total_loss_is_weighted_sum_and_gradients_reach_student_and_heads(setup)
     distiller.zero_grad()
     ret, tb, _ = distiller(dict(batch))
     kd_terms = {k: v for k, v in tb.items() if k.startswith("kd_")}
-    assert set(kd_terms) == {"kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn"}
+    assert set(kd_terms) == {"kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn", "kd_itkd_attn_rel"}
     assert ret["loss"].item() == pytest.approx(tb["det_loss"] + sum(kd_terms.values()), rel=1e-5)
     assert all(v > 0 for v in kd_terms.values())
     ret["loss"].backward()
@@ -174,7 +174,7 @@ def test_warmup_ramps_every_distillation_term_linearly(setup):
         student.global_step.fill_(10)
         _, ramp, _ = distiller(dict(batch))
         assert ramp["diag_kd_scale"] == 0.2 and "diag_kd_scale" in full
-        for term in ("kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn"):
+        for term in ("kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn", "kd_itkd_attn_rel"):
             assert ramp[term] == pytest.approx(0.2 * full[term], rel=1e-4), term
         assert ramp["det_loss"] == pytest.approx(full["det_loss"], rel=1e-5)
         with pytest.raises(ValueError, match="WARMUP"):

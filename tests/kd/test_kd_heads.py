@@ -104,7 +104,7 @@ def test_itkd_mismatched_widths_and_grid_resampling_gradient_to_student_only():
     heads_t = _heads_out(2, 1)
     heads_s = [{k: v.clone().requires_grad_(True) for k, v in o.items()} for o in _heads_out(2, 2)]
     terms = head({"map": ([f_t.detach()], [f_s]), "heads": (heads_t, heads_s)}, {"gt_boxes": _gt_boxes()})
-    assert set(terms) == {"kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn"}
+    assert set(terms) == {"kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn", "kd_itkd_attn_rel"}
     sum(terms.values()).backward()
     assert f_s.grad is not None and f_s.grad.abs().sum() > 0
     assert f_t.grad is None

@@ -40,7 +40,8 @@ def test_bf16_teacher_taps_close_to_fp32_and_losses_float32(tmp_path):
                and not p.is_contiguous() for p in bf16.teacher.model.parameters())
     ret, tb, _ = bf16(dict(batch))
     assert ret["loss"].dtype == torch.float32 and torch.isfinite(ret["loss"])
-    assert set(k for k in tb if k.startswith("kd_")) == {"kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn"}
+    assert set(k for k in tb if k.startswith("kd_")) == {"kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn",
+                                                        "kd_itkd_attn_rel"}
 
 
 def test_kd_step_under_bf16_autocast_trains_student_in_float32(tmp_path):

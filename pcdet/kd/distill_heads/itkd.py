@@ -44,7 +44,8 @@ class ITKDHead(KDHead):
     'trainable': see adapters.FusionLinear), TEMPERATURE (tau; default sqrt(TARGET_ASSIGNER_CONFIG.NUM_MAX_OBJS)), HM_ACTIVATION ('none': heatmap
     logits, as the authors; 'sigmoid')}.
     Terms: kd_itkd_t2s, kd_itkd_s2t, kd_itkd_cr (each * AE.WEIGHT), kd_itkd_center_mse (optional),
-    kd_itkd_attn (* ATTN.WEIGHT).
+    kd_itkd_attn (fused-feature term * ATTN.WEIGHT), kd_itkd_attn_rel (relation guard * ATTN.WEIGHT *
+    RELATION_WEIGHT, when > 0).
     """
     KEYS = ("TEACHER_TAP", "STUDENT_TAP", "AE", "ATTN")
     SUB_KEYS = {"AE": ("WEIGHT", "ENCODER_WIDTHS", "FG_MASK", "CENTER_MSE_WEIGHT", "NORM"),
@@ -160,7 +161,8 @@ class ITKDHead(KDHead):
 
     def attention_terms(self, gt_boxes, heads_t, heads_s):
         """L_attn averaged over the task groups that hold objects; returns (loss, per-group fused terms,
-        per-group relation terms, number of objects). Objects are the real GT boxes of the group's classes centred
+        per-group relation terms (unweighted; loss = mean over groups of fused + RELATION_WEIGHT * relation),
+        number of objects). Objects are the real GT boxes of the group's classes centred
         on both maps; relations are computed per sample (B, C, C), never over the objects of the batch pooled."""
         losses, fused_terms, rel_terms, total_objects = [], [], [], 0
         for g, ((keys, sizes, ids), out_t, out_s) in enumerate(zip(self.groups, heads_t, heads_s)):
@@ -181,8 +183,8 @@ class ITKDHead(KDHead):
             loss, fused_term, rel_term = relation_attention_loss(fuse(cat_s), fuse(cat_t), rel_s, rel_t, mask,
                                                                  self.relation_weight)
             losses.append(loss)
-            fused_terms.append(fused_term.detach())
-            rel_terms.append(rel_term.detach())
+            fused_terms.append(fused_term)
+            rel_terms.append(rel_term)
         if not losses:
             zero = zero_like_graph(*[o[k] for o in heads_s for k in o], *self.fusion.parameters())
             return zero, fused_terms, rel_terms, 0
@@ -212,6 +214,13 @@ class ITKDHead(KDHead):
                 mse = mse + ((pred[b, :, iy, ix] - target[b, :, iy, ix]) ** 2).mean()
             terms[f"kd_{self.name}_center_mse"] = self.center_mse_weight * mse
         if self.attn_enabled:
-            loss, _, _, _ = self.attention_terms(gt_boxes, feats["heads"][0], feats["heads"][1])
-            terms[f"kd_{self.name}_attn"] = self.attn_weight * loss
+            loss, fused, rel, _ = self.attention_terms(gt_boxes, feats["heads"][0], feats["heads"][1])
+            if not fused:  # no object in the batch: a zero that keeps the graph
+                terms[f"kd_{self.name}_attn"] = self.attn_weight * loss
+            else:
+                # logged apart: the fused-feature term and the fusion-independent relation guard
+                terms[f"kd_{self.name}_attn"] = self.attn_weight * torch.stack(fused).mean()
+                if self.relation_weight > 0:
+                    terms[f"kd_{self.name}_attn_rel"] = (self.attn_weight * self.relation_weight
+                                                         * torch.stack(rel).mean())
         return terms
