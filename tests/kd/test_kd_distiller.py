@@ -213,3 +213,37 @@ def test_epoch_end_diagnostics_cover_teacher_and_student(setup):
     for side in stats.values():
         assert 0.0 < side["bg"] < 1.0 and "bg_p99" in side
     assert distiller.training  # the student went back to train mode
+
+
+@pytest.mark.parametrize("head", [
+    {"NAME": "FitNet", "TEACHER_TAP": "backbone_2d@spatial_features_2d", "STUDENT_TAP": "backbone_2d@spatial_features_2d",
+     "LOSS_WEIGHT": 1.0},
+    {"NAME": "LogitKD", "TYPE": "heatmap", "TEACHER_TAP": "dense_head.heads_list.*@hm",
+     "STUDENT_TAP": "dense_head.heads_list.*@hm", "LOSS_TYPE": "focal", "GAMMA": 2.0, "LOSS_WEIGHT": 1.0},
+    {"NAME": "PointDistiller", "TEACHER_TAP": "vfe@pillar_features", "STUDENT_TAP": "vfe@pillar_features",
+     "NUM_KEEP": 64, "K": 8, "TAU": 0.01, "LOSS_WEIGHT": 2.0, "GRAPH_CHANNELS": 8, "IMPORTANCE": "points"},
+    S.ITKD_HEAD,
+], ids=lambda h: h["NAME"])
+def test_short_kd_run_of_each_method_logs_gradient_shares(head, tmp_path, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="kd_test"):
+        _, _, dataset, student, distiller, batch = S.build_setup(tmp_path, kd_heads=[copy.deepcopy(head)])
+        opt = torch.optim.AdamW([p for p in distiller.parameters() if p.requires_grad], lr=1e-3)
+        distiller.diag.grad_interval = 2
+        for step in range(3):
+            ret, tb, _ = distiller(S.make_batch(dataset, 2, start=step % 2))
+            opt.zero_grad()
+            ret["loss"].backward()
+            opt.step()
+            distiller.update_global_step()
+            terms = [k for k in tb if k.startswith("kd_")]
+            assert terms
+            if step in (0, 2):  # GRAD_INTERVAL steps
+                assert tb["diag_grad_det"] > 0
+                for term in terms:
+                    assert tb[f"diag_grad_{term}"] >= 0 and f"diag_grad_{term}/det" in tb
+            else:
+                assert "diag_grad_det" not in tb
+    text = caplog.text
+    assert text.count("KD grad norms at step") == 2 and "x det)" in text
+    assert "parameters per module" in text and "backbone_2d" in text

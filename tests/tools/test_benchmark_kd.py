@@ -65,6 +65,17 @@ def test_derived_kd_config_is_student_config_plus_kd_block(tmp_path):
     assert teacher_cfg.MODEL.WIDTH == run.teacher.width and "KD" not in teacher_cfg
 
 
+def test_itkd_family_students_narrow_only_the_neck(tmp_path):
+    bench = _bench(tmp_path)
+    teacher = next(r for r in bench.runs if r.method == "teacher" and r.family == "centerpoint_pillar")
+    assert cfg_from_yaml_file(bench.write_cfg(teacher)).MODEL.WIDTH == teacher.width
+    for method in ("none", "itkd"):
+        run = next(r for r in bench.runs if r.method == method and r.family == "centerpoint_pillar")
+        cfg = cfg_from_yaml_file(bench.write_cfg(run))
+        assert cfg.MODEL.WIDTH == teacher.width and cfg.MODEL.BACKBONE_2D.WIDTH == run.width < teacher.width
+        assert "WIDTH" not in cfg.MODEL.VFE and "WIDTH" not in cfg.MODEL.DENSE_HEAD
+
+
 def test_report_gain_gap_and_significance(tmp_path):
     bench = _bench(tmp_path, "main")
     classes = ["Car", "Pedestrian", "Cyclist"]

@@ -167,6 +167,10 @@ def test_distillation_trains_student_and_test_py_evaluates_it(trained, data_root
     assert keys and not any(k.startswith("teacher") for k in keys)
     assert len([k for k in keys if k.startswith("student.")]) == len(teacher_keys)
     assert len(keys) > len(teacher_keys), "the itKD heads are trained and saved with the student"
+    log = "".join(p.read_text() for p in (kd_exp / "log").glob("train_*.log"))
+    assert "KD grad norms at step 0: det" in log and "kd_itkd_attn" in log  # gradient shares, step 0
+    assert "KD diagnostics epoch 1: teacher fg" in log or "KD diagnostics epoch 1: teacher bg" in log
+    assert "parameters per module" in log
 
     _run(["test.py"] + common + ["--ckpt", str(kd_exp / "ckpt" / "checkpoint_epoch_1.pth")] + _set(data_root))
     with open(kd_exp / "eval" / "epoch_1" / "val" / "default" / "result.pkl", "rb") as f:
