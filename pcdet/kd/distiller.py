@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..models.batch_keys import KD_TEACHER_INPUTS
+from ..models.model_utils.model_summary import format_param_table, module_param_counts
 from ..utils.common_utils import autocast_off, to_float32
 from . import diagnostics
 from .distill_heads import KD_HEADS, GridInfo, KDContext
@@ -96,11 +97,10 @@ class Distiller(nn.Module):
             shapes = {role: ([t_shapes[t] for t in tl], [s_shapes[s] for s in sl]) for role, (tl, sl) in taps.items()}
             ctx = KDContext(taps=taps, shapes=shapes, teacher=teacher_grid, student=student_grid, logger=logger)
             self.kd_heads[name] = cls(hcfg, ctx)
-        from ..models.model_utils.model_summary import format_param_table, module_param_counts
         self.param_counts = {"teacher": module_param_counts(teacher.model), "student": module_param_counts(student)}
         self._log("KD: parameters per module\n" + format_param_table(self.param_counts))
-        self._log(f"KD: DET_LOSS_WEIGHT {self.det_loss_weight}; WARMUP {self.warmup}; heads {list(self.kd_heads)}; teacher taps "
-                  f"{self.teacher_taps}; student taps {self.student_taps}; distillation parameters "
+        self._log(f"KD: DET_LOSS_WEIGHT {self.det_loss_weight}; WARMUP {self.warmup}; heads {list(self.kd_heads)}; "
+                  f"teacher taps {self.teacher_taps}; student taps {self.student_taps}; distillation parameters "
                   f"{sum(p.numel() for p in self.kd_heads.parameters()):,}")
 
     def _log(self, msg):

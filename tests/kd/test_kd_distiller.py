@@ -216,8 +216,8 @@ def test_epoch_end_diagnostics_cover_teacher_and_student(setup):
 
 
 @pytest.mark.parametrize("head", [
-    {"NAME": "FitNet", "TEACHER_TAP": "backbone_2d@spatial_features_2d", "STUDENT_TAP": "backbone_2d@spatial_features_2d",
-     "LOSS_WEIGHT": 1.0},
+    {"NAME": "FitNet", "TEACHER_TAP": "backbone_2d@spatial_features_2d",
+     "STUDENT_TAP": "backbone_2d@spatial_features_2d", "LOSS_WEIGHT": 1.0},
     {"NAME": "LogitKD", "TYPE": "heatmap", "TEACHER_TAP": "dense_head.heads_list.*@hm",
      "STUDENT_TAP": "dense_head.heads_list.*@hm", "LOSS_TYPE": "focal", "GAMMA": 2.0, "LOSS_WEIGHT": 1.0},
     {"NAME": "PointDistiller", "TEACHER_TAP": "vfe@pillar_features", "STUDENT_TAP": "vfe@pillar_features",

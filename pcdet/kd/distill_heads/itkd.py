@@ -39,10 +39,10 @@ class ITKDHead(KDHead):
     """Interchange transfer on the dense-head input map and relation-aware attention on the head outputs.
 
     Config (KD.HEADS item): TEACHER_TAP / STUDENT_TAP (BEV map, (B, C, H, W)); AE: {WEIGHT, ENCODER_WIDTHS (ends at
-    C_z), FG_MASK, CENTER_MSE_WEIGHT, NORM ('bn' default or 'none')}; ATTN: {ENABLED, WEIGHT, TEACHER_TAP / STUDENT_TAP (per-task SeparateHead,
-    may end in '.*'), RELATION_WEIGHT (weight of the mean |A_S - A_T| guard), FUSION ('frozen' default, 'normalized',
-    'trainable': see adapters.FusionLinear), TEMPERATURE (tau; default sqrt(TARGET_ASSIGNER_CONFIG.NUM_MAX_OBJS)), HM_ACTIVATION ('none': heatmap
-    logits, as the authors; 'sigmoid')}.
+    C_z), FG_MASK, CENTER_MSE_WEIGHT, NORM ('bn' default or 'none')}; ATTN: {ENABLED, WEIGHT, TEACHER_TAP /
+    STUDENT_TAP (per-task SeparateHead, may end in '.*'), RELATION_WEIGHT (weight of the mean |A_S - A_T| guard),
+    FUSION ('frozen' default, 'normalized', 'trainable': see adapters.FusionLinear), TEMPERATURE (tau; default
+    sqrt(TARGET_ASSIGNER_CONFIG.NUM_MAX_OBJS)), HM_ACTIVATION ('none': heatmap logits, as the authors; 'sigmoid')}.
     Terms: kd_itkd_t2s, kd_itkd_s2t, kd_itkd_cr (each * AE.WEIGHT), kd_itkd_center_mse (optional),
     kd_itkd_attn (fused-feature term * ATTN.WEIGHT), kd_itkd_attn_rel (relation guard * ATTN.WEIGHT *
     RELATION_WEIGHT, when > 0).
