@@ -149,8 +149,9 @@ class PointDistillerHead(KDHead):
             self.logger.warning(
                 f"PointDistiller: phi concentrates on few rows: " + ", ".join(
                     f"scan {b}: {s * n:.1f} of {n} effective rows ({100 * s:.2f}%)" for b, s, n in low) +
-                f" < {100 * EFFECTIVE_ROWS_WARN:.0f}% of N; almost nothing is distilled (raise TAU or use "
-                f"IMPORTANCE 'points'); repeated at most every 500 steps")
+                f" < {100 * EFFECTIVE_ROWS_WARN:.0f}% of N; almost nothing is distilled (a larger TAU spreads "
+                f"the weights" + ("" if self.importance == "points" else "; IMPORTANCE 'points' caps the counts")
+                + "); repeated at most every 500 steps")
             self.warned_at = self.calls
 
     def forward(self, feats, batch_dict, teacher_batch=None):
