@@ -79,6 +79,7 @@ def build_training_model(cfg, args, train_set, device, logger):
     model = build_network(model_cfg=cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=train_set)
     if args.pretrained_model is not None:
         model.load_params_from_file(filename=args.pretrained_model, logger=logger, to_cpu=True)
+        model.global_step.zero_()  # a new run from pretrained weights: KD.WARMUP and diagnostics count from 0
     if "KD" in cfg:
         from pcdet.kd import build_distiller
 

@@ -8,6 +8,8 @@ schedule comes from ``set_schedule(total_iters)`` (tools/train.py calls it). ``K
 distillation term send to the student's parameters, and at every epoch end the teacher's and the student's
 class-score statistics at GT centres and on the background of a fixed batch.
 """
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -184,7 +186,12 @@ class Distiller(nn.Module):
         """Class-score statistics of teacher and student on the fixed diagnostics batch (``KD.DIAGNOSTICS``)."""
         if self._diag_batch is None:
             return None
-        stats = diagnostics.score_stats(self, self._diag_batch)
+        from ..models import load_data_to_device
+        device = next(self.student.buffers()).device  # the batch was built before the model moved (e.g. to CUDA)
+        batch = load_data_to_device(copy.copy(self._diag_batch), device)
+        if isinstance(batch.get(KD_TEACHER_INPUTS), dict):
+            batch[KD_TEACHER_INPUTS] = load_data_to_device(dict(batch[KD_TEACHER_INPUTS]), device)
+        stats = diagnostics.score_stats(self, batch)
         if stats:
             self._log(f"KD diagnostics epoch {epoch}: " + diagnostics.format_score_stats(stats))
             if tb_log is not None:
@@ -226,8 +233,8 @@ class Distiller(nn.Module):
             with autocast_off(det_loss):
                 terms = head(feats, student_batch, teacher_batch)
             for term, value in terms.items():
+                all_terms[term] = value  # at full weight: what the diagnostics measure
                 value = value * scale if scale != 1.0 else value
-                all_terms[term] = value
                 total = total + value
                 tb_dict[term] = value.item()
             for key, value in getattr(head, "stats", {}).items():
@@ -238,8 +245,9 @@ class Distiller(nn.Module):
             norms = diagnostics.grad_norms(self.student, self.det_loss_weight * det_loss, all_terms,
                                            taps=s_rec_raw)
             tb_dict.update({f"diag_grad_{k}": v for k, v in norms.items() if not k.startswith("tap:")})
-            self._log(f"KD grad norms at step {int(self.student.global_step.item())}: "
-                      + diagnostics.format_grad_norms(norms))
+            self._log(f"KD grad norms at step {int(self.student.global_step.item())}"
+                      + (f" (KD terms at full weight; warm-up factor now {scale:.3g})" if self.warmup > 0 else "")
+                      + ": " + diagnostics.format_grad_norms(norms))
         tb_dict["loss"] = total.item()
         ret = dict(ret_dict)
         ret["loss"] = total

@@ -177,6 +177,10 @@ def test_warmup_ramps_every_distillation_term_linearly(setup):
         for term in ("kd_itkd_t2s", "kd_itkd_s2t", "kd_itkd_cr", "kd_itkd_attn", "kd_itkd_attn_rel"):
             assert ramp[term] == pytest.approx(0.2 * full[term], rel=1e-4), term
         assert ramp["det_loss"] == pytest.approx(full["det_loss"], rel=1e-5)
+        student.global_step.fill_(0)  # factor 0, and a GRAD_INTERVAL step: the diagnostics measure full weights
+        _, zero, _ = distiller(dict(batch))
+        assert zero["diag_kd_scale"] == 0.0 and zero["kd_itkd_attn"] == 0.0
+        assert zero["diag_grad_kd_itkd_attn"] > 0 and zero["diag_grad_kd_itkd_t2s"] > 0
         with pytest.raises(ValueError, match="WARMUP"):
             from pcdet.kd.distiller import Distiller
             Distiller(student, distiller.teacher, {"HEADS": [{"NAME": "FitNet"}], "WARMUP": 1.5},

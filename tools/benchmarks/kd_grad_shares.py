@@ -8,6 +8,8 @@ batches (``pcdet.kd.diagnostics.measure_grad_norms``: the norm of the gradient e
 student's parameters and to each tapped student tensor), trains ``--train_iters`` steps (default: one epoch) with
 the config's optimizer and schedule for ``--epochs`` epochs, and measures again on the same batches. Prints one
 row per term: its gradient norm / the detection loss's, at init and after training (mean over the batches).
+The measuring forwards run in train mode (as the step does), so they also update BatchNorm running statistics:
+16 extra forwards next to the trained steps.
 """
 import argparse
 import json
@@ -31,7 +33,8 @@ from train_utils.optimization import build_optimizer, build_scheduler  # noqa: E
 
 def mean_norms(distiller, batches):
     rows = [measure_grad_norms(distiller, dict(b)) for b in batches]
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    keys = sorted({k for r in rows for k in r})  # a term or tap can be absent from a batch (e.g. no objects)
+    return {k: float(np.mean([r.get(k, 0.0) for r in rows])) for k in keys}
 
 
 def main(argv=None):
@@ -86,19 +89,19 @@ def main(argv=None):
         it += 1
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_amp):
         trained = mean_norms(distiller, fixed)
-    keys = [k for k in at_init if not k.startswith("tap:") and not k.endswith("/det")]
+    keys = ["det"] + [k for k in at_init if k != "det" and not k.startswith("tap:") and not k.endswith("/det")]
     print(f"{'term':28s} {'|grad| init':>12s} {'/det init':>10s} {'|grad| ' + str(iters) + ' it':>14s} "
           f"{'/det':>8s}")
     for k in keys:
-        print(f"{k:28s} {at_init[k]:12.4g} {at_init.get(k + '/det', 1.0):10.3g} {trained[k]:14.4g} "
+        print(f"{k:28s} {at_init[k]:12.4g} {at_init.get(k + '/det', 1.0):10.3g} {trained.get(k, 0.0):14.4g} "
               f"{trained.get(k + '/det', 1.0):8.3g}")
     taps = sorted({k[4:].rsplit(":", 1)[0] for k in at_init if k.startswith("tap:")})
     for tap in taps:
-        det0, det1 = at_init[f"tap:{tap}:det"], trained[f"tap:{tap}:det"]
+        det0, det1 = at_init.get(f"tap:{tap}:det", 0.0), trained.get(f"tap:{tap}:det", 0.0)
         for k in keys[1:]:
             if f"tap:{tap}:{k}" in at_init:
                 print(f"  at {tap}: {k} / det = {at_init[f'tap:{tap}:{k}'] / max(det0, 1e-30):.3g} (init), "
-                      f"{trained[f'tap:{tap}:{k}'] / max(det1, 1e-30):.3g} (after)")
+                      f"{trained.get(f'tap:{tap}:{k}', 0.0) / max(det1, 1e-30):.3g} (after)")
     if args.json:
         Path(args.json).write_text(json.dumps({"cfg_file": args.cfg_file, "train_iters": iters, "epochs": epochs,
                                                "init": at_init, "trained": trained}, indent=1))

@@ -180,9 +180,6 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
                 ckpt_save_iter_interval=ckpt_save_iter_interval,
             )
             trained_epoch = cur_epoch + 1
-            target = model.module if hasattr(model, "module") else model
-            if rank == 0 and hasattr(target, "on_epoch_end"):
-                target.on_epoch_end(trained_epoch, tb_log)  # e.g. the distiller's per-epoch diagnostics
             if rank == 0 and (trained_epoch % ckpt_save_interval == 0 or trained_epoch == total_epochs):
                 path = checkpoint_utils.save_checkpoint(
                     checkpoint_utils.checkpoint_state(model, optimizer, trained_epoch, accumulated_iter),
@@ -191,6 +188,9 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
                 checkpoint_utils.prune_checkpoints(ckpt_save_dir, max_ckpt_save_num)
                 if logger is not None:
                     logger.info(f"saved {path} (epoch {trained_epoch}, iteration {accumulated_iter})")
+            target = model.module if hasattr(model, "module") else model
+            if rank == 0 and hasattr(target, "on_epoch_end"):
+                target.on_epoch_end(trained_epoch, tb_log)  # e.g. the distiller's diagnostics, after the save
             if tbar is not None:
                 tbar.update()
     finally:
