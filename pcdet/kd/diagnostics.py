@@ -208,22 +208,7 @@ def format_score_stats(stats):
 def measure_grad_norms(distiller, batch_dict):
     """One training forward of ``distiller`` on ``batch_dict`` and ``grad_norms`` of its terms (no optimizer step).
 
-    Uses only the distiller's public parts (teacher record, student taps, heads), so it measures any version of a
-    head the same way. The distillation terms are taken at full weight (no warm-up factor).
+    The distillation terms are taken at full weight (no warm-up factor), as the periodic diagnostics take them.
     """
-    from ..utils.common_utils import autocast_off, to_float32
-    from .recorders import RecorderManager
-    teacher_batch, student_batch = distiller.split_batch(batch_dict)
-    t_rec = distiller.teacher.record(teacher_batch, distiller.teacher_taps)
-    with RecorderManager(distiller.student, distiller.student_taps, detach=False, who="KD student") as rec:
-        ret_dict, _, _ = distiller.student(student_batch)
-    s_raw = rec.records
-    t_rec, s_rec = to_float32(t_rec), to_float32(s_raw)
-    det = distiller.det_loss_weight * ret_dict["loss"]
-    terms = {}
-    for name, head in distiller.kd_heads.items():
-        feats = {role: ([t_rec[t] for t in tl], [s_rec[s] for s in sl])
-                 for role, (tl, sl) in distiller.head_taps[name].items()}
-        with autocast_off(det):
-            terms.update(head(feats, student_batch, teacher_batch))
-    return grad_norms(distiller.student, det, terms, taps=s_raw)
+    ret_dict, _, _, terms, taps = distiller.distillation_terms(batch_dict)
+    return grad_norms(distiller.student, distiller.det_loss_weight * ret_dict["loss"], terms, taps=taps)

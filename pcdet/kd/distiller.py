@@ -188,9 +188,7 @@ class Distiller(nn.Module):
             return None
         from ..models import load_data_to_device
         device = next(self.student.buffers()).device  # the batch was built before the model moved (e.g. to CUDA)
-        batch = load_data_to_device(copy.copy(self._diag_batch), device)
-        if isinstance(batch.get(KD_TEACHER_INPUTS), dict):
-            batch[KD_TEACHER_INPUTS] = load_data_to_device(dict(batch[KD_TEACHER_INPUTS]), device)
+        batch = load_data_to_device(copy.copy(self._diag_batch), device)  # nested kd_teacher_inputs too
         stats = diagnostics.score_stats(self, batch)
         if stats:
             self._log(f"KD diagnostics epoch {epoch}: " + diagnostics.format_score_stats(stats))
@@ -211,41 +209,50 @@ class Distiller(nn.Module):
         return load_distiller_state(self, filename, optimizer, logger)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch_dict):
-        if not self.training:
-            return self.student(batch_dict)
+    def distillation_terms(self, batch_dict):
+        """Teacher record, student training forward with its taps recorded, and every head's terms.
+
+        Returns ``(ret_dict, tb_dict, disp_dict, terms, student_taps)``: the student's own outputs, ``terms``
+        {kd_*: scalar} at full weight (no warm-up factor) and the recorded student tap values (in the graph).
+        """
         teacher_batch, student_batch = self.split_batch(batch_dict)
         t_rec = self._teacher.record(teacher_batch, self.teacher_taps)
         with RecorderManager(self.student, self.student_taps, detach=False, who="KD student") as rec:
             ret_dict, tb_dict, disp_dict = self.student(student_batch)
-        s_rec = s_rec_raw = rec.records
+        s_raw = rec.records
+        # distillation losses in float32 whatever the autocast of the step (mixed-precision taps are upcast)
+        t_rec, s_rec = to_float32(t_rec), to_float32(s_raw)
+        terms = {}
+        for name, head in self.kd_heads.items():
+            feats = {role: ([t_rec[t] for t in tl], [s_rec[s] for s in sl])
+                     for role, (tl, sl) in self.head_taps[name].items()}
+            with autocast_off(ret_dict["loss"]):
+                terms.update(head(feats, student_batch, teacher_batch))
+        return ret_dict, tb_dict, disp_dict, terms, s_raw
+
+    def forward(self, batch_dict):
+        if not self.training:
+            return self.student(batch_dict)
+        ret_dict, tb_dict, disp_dict, terms, s_raw = self.distillation_terms(batch_dict)
         det_loss = ret_dict["loss"]
         total = self.det_loss_weight * det_loss
         tb_dict = dict(tb_dict)
         tb_dict["det_loss"] = det_loss.item()
-        # distillation losses in float32 whatever the autocast of the step (mixed-precision taps are upcast)
-        t_rec, s_rec = to_float32(t_rec), to_float32(s_rec)
-        scale = self.kd_scale()
-        all_terms = {}
+        step = int(self.student.global_step.item())
+        scale = self.kd_scale(step)
+        for term, value in terms.items():
+            value = value * scale if scale != 1.0 else value
+            total = total + value
+            tb_dict[term] = value.item()
         for name, head in self.kd_heads.items():
-            feats = {role: ([t_rec[t] for t in tl], [s_rec[s] for s in sl])
-                     for role, (tl, sl) in self.head_taps[name].items()}
-            with autocast_off(det_loss):
-                terms = head(feats, student_batch, teacher_batch)
-            for term, value in terms.items():
-                all_terms[term] = value  # at full weight: what the diagnostics measure
-                value = value * scale if scale != 1.0 else value
-                total = total + value
-                tb_dict[term] = value.item()
             for key, value in getattr(head, "stats", {}).items():
                 tb_dict[f"diag_{name}_{key}"] = float(value)
         if self.warmup > 0:
             tb_dict["diag_kd_scale"] = scale
-        if self.diag.grad_interval and int(self.student.global_step.item()) % self.diag.grad_interval == 0:
-            norms = diagnostics.grad_norms(self.student, self.det_loss_weight * det_loss, all_terms,
-                                           taps=s_rec_raw)
+        if self.diag.grad_interval and step % self.diag.grad_interval == 0:
+            norms = diagnostics.grad_norms(self.student, self.det_loss_weight * det_loss, terms, taps=s_raw)
             tb_dict.update({f"diag_grad_{k}": v for k, v in norms.items() if not k.startswith("tap:")})
-            self._log(f"KD grad norms at step {int(self.student.global_step.item())}"
+            self._log(f"KD grad norms at step {step}"
                       + (f" (KD terms at full weight; warm-up factor now {scale:.3g})" if self.warmup > 0 else "")
                       + ": " + diagnostics.format_grad_norms(norms))
         tb_dict["loss"] = total.item()

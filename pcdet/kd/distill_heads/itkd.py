@@ -30,7 +30,8 @@ def center_head_groups(model_cfg, class_names, who):
     return groups
 
 
-# weight of the relation-matrix guard; chosen on the tuning split (docs/KD.md, "itKD relation guard")
+# weight of the relation-matrix guard; provisional (its gradient is under 1% of the detection loss's, docs/KD.md):
+# not yet chosen on a tuning split
 DEFAULT_RELATION_WEIGHT = 1.0
 
 

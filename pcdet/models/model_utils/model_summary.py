@@ -36,7 +36,7 @@ def sparse_conv_pairs(layer, out):
 def module_param_counts(model):
     """{top-level module name: parameter count} of a detector, in ``module_list`` order, plus 'total'."""
     counts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in model.named_children()
-              if mod is not None and name != "module_list"}
+              if name != "module_list"}
     counts["total"] = sum(p.numel() for p in model.parameters())
     return counts
 
