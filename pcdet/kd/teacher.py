@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..config import cfg_from_yaml_file
+from ..model_zoo import verify_zoo_tag
 from ..utils.common_utils import amp_dtype, to_channels_last
 from .recorders import RecorderManager, get_submodule, parse_tap
 
@@ -172,6 +173,7 @@ def build_teacher(teacher_cfg, cfg_path, ckpt, dataset_view, logger=None, precis
     model = build_network(teacher_cfg.MODEL, num_class=len(teacher_cfg.CLASS_NAMES), dataset=dataset_view)
     try:
         _, checkpoint = read_checkpoint(ckpt)
+        verify_zoo_tag(checkpoint, teacher_cfg, cfg_path, getattr(dataset_view, "root_path", None), ckpt)
         model.load_params_from_file(ckpt, logger=logger, to_cpu=True)
     except (CheckpointReadError, CheckpointMismatchError) as exc:
         raise TeacherError(f"KD teacher: cannot load checkpoint {ckpt} into {teacher_cfg.MODEL.NAME} built from "

@@ -1,12 +1,18 @@
-"""The KD benchmark driver: run planning, derived configs (KD block added to the student config) and the table."""
+"""The KD benchmark (pcdet/kd/benchmark): run planning, derived configs (KD block added to the student config),
+paired gains with t-intervals, the reports and the JSON of the results."""
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 
 from pcdet.config import cfg_from_yaml_file
+from pcdet.kd.benchmark import PRESETS, Benchmark, paired_gains, run_priority, t_interval
+from pcdet.kd.benchmark import report as rep
+from pcdet.kd.benchmark.cli import parse_args
+from pcdet.kd.benchmark.runner import Runner
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
@@ -19,16 +25,25 @@ def _load(name):
     return mod
 
 
-bk = _load("benchmark_kd")
+def _manifest(tmp_path):
+    """A zoo manifest naming the cpu preset's teachers (the files need not exist for planning)."""
+    path = tmp_path / "zoo" / "manifest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    teachers = [{"name": f"{f}_w0.5", "family": f, "width": 0.5, "cfg_file": f"tools/cfgs/zoo/{f}_teacher.yaml",
+                 "ckpt": f"{f}_w0.5.pth", "curve": [[2, 10.0], [4, 20.0]], "longer": {"epochs": 6, "map3d_mod": 20.5}}
+                for f in ("pointpillar", "centerpoint_pillar")]
+    path.write_text(json.dumps({"teachers": teachers}))
+    return path
 
 
-def _bench(tmp_path, preset="mini"):
-    return bk.Benchmark(preset, bk.PRESETS[preset], tmp_path / "work", tmp_path / "data", "python", "cpu", 1)
+def _bench(tmp_path, preset="mini", mode="final", families=None):
+    return Benchmark(preset, PRESETS[preset], tmp_path / "work", tmp_path / "data", mode=mode, families=families,
+                     zoo_manifest=_manifest(tmp_path))
 
 
 def test_plan_has_teacher_per_seed_and_kd_runs_depend_on_it(tmp_path):
     bench = _bench(tmp_path)
-    p = bk.PRESETS["mini"]
+    p = PRESETS["mini"]
     n_students = sum(len(f["methods"]) * len(f["student_rel_widths"]) for f in p["families"].values())
     assert len(bench.runs) == len(p["seeds"]) * (len(p["families"]) + n_students)
     for run in bench.runs:
@@ -39,10 +54,67 @@ def test_plan_has_teacher_per_seed_and_kd_runs_depend_on_it(tmp_path):
             rel = p["families"][run.family]["student_rel_widths"]
             assert any(run.width == pytest.approx(run.teacher.width * r) for r in rel)
     # scheduling: all teachers start first, then the longest runs (itKD, PointDistiller) before the cheap ones
-    order = sorted(bench.runs, key=bk.run_priority)
+    order = sorted(bench.runs, key=run_priority)
     n_teachers = len(p["seeds"]) * len(p["families"])
     assert all(r.method == "teacher" for r in order[:n_teachers])
     assert order[n_teachers].method == "itkd" and order[-1].method == "none"
+
+
+def test_cpu_plan_uses_zoo_teachers_and_pairs_seeds(tmp_path):
+    bench = _bench(tmp_path, "cpu")
+    p = PRESETS["cpu"]
+    teachers = [r for r in bench.runs if r.method == "teacher"]
+    assert [t.zoo for t in teachers] == ["pointpillar_w0.5", "centerpoint_pillar_w0.5"]
+    assert all(r.deps == [] for r in bench.runs)          # zoo teachers are not trained: nothing waits
+    for family, fam in p["families"].items():
+        for method in fam["methods"]:
+            runs = [r for r in bench.runs if r.family == family and r.method == method]
+            assert sorted(r.seed for r in runs) == p["seeds"]
+    # a KD run names the zoo teacher's shipped config and checkpoint (whose tag is checked at load time)
+    run = next(r for r in bench.runs if r.method == "pointdistiller")
+    cfg = cfg_from_yaml_file(bench.write_cfg(run))
+    assert cfg.KD.TEACHER.CFG_FILE.endswith("tools/cfgs/zoo/pointpillar_teacher.yaml")
+    assert cfg.KD.TEACHER.CKPT == str(tmp_path / "zoo" / "pointpillar_w0.5.pth")
+    # student alone of seed 0 keeps its checkpoints for the learning curve, the others do not
+    curve_runs = [r.name for r in bench.runs if r.curve]
+    assert curve_runs == ["pointpillar_none_w0.25_s0", "centerpoint_pillar_none_w0.125_s0"]
+    assert Runner(bench).curve_epochs(bench.runs[1]) == list(range(2, p["student_epochs"]["pointpillar"], 2))
+
+
+def test_tune_mode_runs_each_setting_once_and_family_filter(tmp_path):
+    bench = _bench(tmp_path, "cpu", mode="tune", families=["pointpillar"])
+    p = PRESETS["cpu"]
+    assert {r.family for r in bench.runs} == {"pointpillar"} and {r.seed for r in bench.runs} == {p["seeds"][0]}
+    pd = [r for r in bench.runs if r.method == "pointdistiller"]
+    assert [r.label for r in pd] == [s["label"] for s in p["tuning"]["pointdistiller"]["pointpillar"]]
+    # overrides: the frozen compute overrides plus the setting's, merged into every head of the KD block
+    run = next(r for r in pd if r.label == "tau1_w8")
+    head = cfg_from_yaml_file(bench.write_cfg(run)).KD.HEADS[0]
+    assert head.TAU == 1.0 and head.LOSS_WEIGHT == 8.0 and head.NUM_KEEP == 2048
+    # methods without a sweep still get their default setting on the tuning split
+    assert [r.label for r in bench.runs if r.method == "fitnet"] == ["default"]
+    # the same training config shares one output folder (a tuning run reused by the final table)
+    final = _bench(tmp_path, "cpu", families=["pointpillar"])
+    same = next(r for r in final.runs if r.method == "fitnet" and r.seed == p["seeds"][0])
+    tuned = next(r for r in bench.runs if r.method == "fitnet")
+    assert final.run_dir(same) == bench.run_dir(tuned) and final.cfg_text(same) == bench.cfg_text(tuned)
+    assert final.result_path(same, "val") != bench.result_path(tuned, "tune")
+    other = next(r for r in pd if r.label == "tau1")
+    assert bench.run_dir(other) != bench.run_dir(run) and bench.cfg_path(other) != bench.cfg_path(run)
+    with pytest.raises(Exception, match="no families"):
+        _bench(tmp_path, "cpu", families=["nope"])
+
+
+def test_teachers_mode_plans_base_and_longer_schedule(tmp_path):
+    bench = _bench(tmp_path, "cpu", mode="teachers")
+    by = {r.name: r for r in bench.runs}
+    base, longer = by["pointpillar_teacher_w0.5_s0"], by["pointpillar_teacher_w0.5_s0_longer"]
+    assert longer.epochs == round(1.5 * base.epochs) and base.curve and not longer.curve
+    cfg_b, cfg_l = (cfg_from_yaml_file(bench.write_cfg(r)) for r in (base, longer))
+    zoo_cfg = cfg_from_yaml_file(TOOLS / "cfgs" / "zoo" / "pointpillar_teacher.yaml")
+    assert cfg_b.MODEL == zoo_cfg.MODEL and cfg_b.OPTIMIZATION == zoo_cfg.OPTIMIZATION
+    assert cfg_l.OPTIMIZATION.NUM_EPOCHS == longer.epochs and cfg_l.MODEL == zoo_cfg.MODEL
+    assert cfg_b.DATA_CONFIG.DATA_PATH == str(tmp_path / "data")
 
 
 def test_derived_kd_config_is_student_config_plus_kd_block(tmp_path):
@@ -53,13 +125,13 @@ def test_derived_kd_config_is_student_config_plus_kd_block(tmp_path):
     alone = cfg_from_yaml_file(bench.write_cfg(next(r for r in bench.runs if r.method == "none"
                                                     and r.family == "pointpillar" and r.seed == run.seed)))
     assert cfg.MODEL == alone.MODEL and cfg.DATA_CONFIG == alone.DATA_CONFIG
+    assert cfg.OPTIMIZATION == alone.OPTIMIZATION
     assert cfg.MODEL.WIDTH == run.width and cfg.OPTIMIZATION.NUM_EPOCHS == run.epochs
     assert cfg.KD.TEACHER.CKPT == str(bench.ckpt_path(run.teacher))
     head = cfg.KD.HEADS[0]
     assert head.NAME == "PointDistiller" and head.NUM_KEEP == 2048 and head.K == 32   # preset compute override
     assert cfg.DATA_CONFIG.DATA_AUGMENTOR.DISABLE_AUG_LIST == ["gt_sampling"]
     assert cfg.OPTIMIZATION.USE_AMP is True and cfg.OPTIMIZATION.CHANNELS_LAST is True
-    assert alone.OPTIMIZATION.USE_AMP is True  # every run of the table trains the same way
     assert cfg.KD.TEACHER.CHANNELS_LAST is True
     teacher_cfg = cfg_from_yaml_file(cfg.KD.TEACHER.CFG_FILE)
     assert teacher_cfg.MODEL.WIDTH == run.teacher.width and "KD" not in teacher_cfg
@@ -76,27 +148,85 @@ def test_itkd_family_students_narrow_only_the_neck(tmp_path):
         assert "WIDTH" not in cfg.MODEL.VFE and "WIDTH" not in cfg.MODEL.DENSE_HEAD
 
 
-def test_report_gain_gap_and_significance(tmp_path):
-    bench = _bench(tmp_path, "main")
-    classes = ["Car", "Pedestrian", "Cyclist"]
-    values = {"teacher": 30.0, "none": 10.0, "itkd": 15.0}
+def test_t_interval_and_paired_gains_match_hand_values():
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    # sd 1, n 3: t(0.975, 2) = 4.302653 -> half width 4.302653 / sqrt(3) = 2.484138
+    assert mean == pytest.approx(2.0) and high - mean == pytest.approx(2.484138, abs=1e-6)
+    assert low == pytest.approx(2.0 - 2.484138, abs=1e-6)
+    m, lo, hi = t_interval([5.0])
+    assert m == 5.0 and math.isnan(lo) and math.isnan(hi)
+    assert paired_gains({0: 12.0, 1: 11.0, 2: 15.0}, {0: 10.0, 2: 14.0, 3: 1.0}) == [(0, 2.0), (2, 1.0)]
+
+
+def _fake_results(bench, values, split="val", seeds_shift=None):
+    classes = rep.CLASSES
     for run in bench.runs:
-        metrics = {f"{c}_{k}/moderate_R40": values[run.method] for c in classes for k in ("3d", "bev")}
-        path = bench.result_path(run)
+        v = values[run.method] + (seeds_shift or {}).get((run.method, run.seed), 0.0)
+        metrics = {f"{c}_{k}/moderate_R40": v for c in classes for k in ("3d", "bev")}
+        path = bench.result_path(run, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"metrics": metrics, "params": 1000, "flops": 2e9, "latency_ms": 5.0,
                                     "train_seconds": 60.0, "device": "cpu"}))
-    rows = bk.summarize_results(bench, classes)
-    assert {r["method"]: r["map3d"][0] for r in rows} == values
-    text = bk.write_report(bench, rows, classes, tmp_path / "r.md", tmp_path / "r.png", 120.0, lambda m: None)
-    itkd_line = next(line for line in text.splitlines() if "| itKD |" in line)
-    assert "+5.00" in itkd_line and "25%" in itkd_line and "n/a (1 seed)" in itkd_line
+
+
+def test_report_paired_gain_interval_gap_and_json(tmp_path):
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    values = {"teacher": 30.0, "none": 10.0, "logit_kd": 11.0, "fitnet": 10.5, "pointdistiller": 13.0}
+    # per-seed noise shared by the pair cancels in the paired gain: gains 3, 3, 3 -> interval of width 0
+    shift = {(m, s): 2.0 * s for m in values for s in (0, 1, 2)}
+    shift[("pointdistiller", 2)] += 3.0     # gains 3, 3, 6
+    _fake_results(bench, values, seeds_shift=shift)
+    records = rep.collect(bench, "val")
+    teacher, rows = rep.gain_rows(records, "pointpillar")
+    assert teacher["map3d_mod"] == 30.0
+    pd = next(r for r in rows if r["method"] == "pointdistiller")
+    assert pd["gains"] == [(0, 3.0), (1, 3.0), (2, 6.0)]
+    mean, low, high = t_interval([3.0, 3.0, 6.0])
+    assert pd["gain"] == pytest.approx((4.0, low, high)) and low < 4.0 < high
+    assert pd["gap_closed"] == pytest.approx(4.0 / (30.0 - 12.0))
+    teachers = json.loads(_manifest(tmp_path).read_text())["teachers"]
+    text = rep.final_markdown(bench, records, teachers)
+    line = next(l for l in text.splitlines() if "| PointDistiller |" in l)
+    assert f"+4.00 [{low:+.2f}, {high:+.2f}]" in line and "s2: +6.00" in line and "22%" in line
+    out = rep.results_json(records, teachers)
+    assert {"family", "method", "width", "seed", "map3d_mod", "mapbev_mod"} <= set(out["runs"][0])
+    assert sorted({r["method"] for r in out["runs"]}) == sorted(values)
+    assert out["teachers"][0]["longer"] == {"epochs": 6, "map3d_mod": 20.5}
+    rep.plot(bench, records, teachers, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_tuning_report_lists_each_setting_with_its_difference(tmp_path):
+    bench = _bench(tmp_path, "cpu", mode="tune", families=["pointpillar"])
+    _fake_results(bench, {"teacher": 30.0, "none": 10.0, "logit_kd": 9.0, "fitnet": 10.5, "pointdistiller": 12.0},
+                  split="tune")
+    text = rep.tuning_markdown(bench, rep.collect(bench, "tune"))
+    rows = [l for l in text.splitlines() if "| PointDistiller |" in l]
+    assert len(rows) == 3 and all("+2.00" in l for l in rows) and '"TAU": 1.0' in rows[1]
+
+
+def test_progress_line_estimates_from_finished_cost(tmp_path):
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    runner = Runner(bench, log=lambda m: None)
+    runner.t_start -= 600.0     # ten minutes elapsed
+    students = [r for r in bench.runs if r.method != "teacher"]
+    done = [r for r in students if r.method == "none"]
+    line = runner.progress_line(done, bench.runs)
+    left = 10.0 * (sum(r.cost for r in bench.runs) - sum(r.cost for r in done)) / sum(r.cost for r in done)
+    assert line.startswith(f"progress: {len(done)}/{len(bench.runs)} runs done, elapsed 10.0 min")
+    assert f"estimate left {left:.1f} min" in line
+
+
+def test_cli_modes():
+    assert parse_args(["--preset", "cpu", "--tune", "--family", "pointpillar"]).tune
+    assert parse_args(["--retrain-teachers"]).retrain_teachers
+    with pytest.raises(SystemExit):
+        parse_args(["--tune", "--retrain-teachers"])
 
 
 def test_moderate_map_averages_classes():
     m = {"Car_3d/moderate_R40": 60.0, "Pedestrian_3d/moderate_R40": 30.0, "Cyclist_3d/moderate_R40": 0.0}
-    assert bk.moderate_map(m, ["Car", "Pedestrian", "Cyclist"]) == pytest.approx(30.0)
+    assert rep.moderate_map(m, ["Car", "Pedestrian", "Cyclist"]) == pytest.approx(30.0)
 
 
 def test_visualize_model_spec_parsing():

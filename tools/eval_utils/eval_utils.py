@@ -28,6 +28,11 @@ def build_eval_model(cfg, dataset, ckpt, device, logger):
 
         load_student_weights(model, ckpt, logger)
     else:
+        from pcdet.model_zoo import verify_zoo_tag
+        from pcdet.models.detectors.detector3d_template import read_checkpoint
+
+        verify_zoo_tag(read_checkpoint(ckpt)[1], cfg, cfg.get("CFG_FILE", "the config in use"), dataset.root_path,
+                       ckpt, sections=("CLASS_NAMES", "DATA_CONFIG", "MODEL"))
         model.load_params_from_file(filename=str(ckpt), logger=logger, to_cpu=True)
     return model.to(device).eval()
 

@@ -276,7 +276,7 @@ if __name__ != "__main__":
 
 
 def create_kitti_infos(dataset_cfg, class_names, data_path, save_path, workers=4):
-    """Write ``kitti_infos_{train,val,trainval,test}.pkl``, ``kitti_dbinfos_train.pkl`` and ``gt_database/``.
+    """Write ``kitti_infos_{train,val,tune,trainval,test}.pkl``, ``kitti_dbinfos_train.pkl`` and ``gt_database/``.
 
     ``data_path`` is the dataset root; ``save_path`` where the pickles go (normally the same). A split whose
     ``ImageSets/<split>.txt`` is absent is skipped (trainval needs train and val).
@@ -287,7 +287,7 @@ def create_kitti_infos(dataset_cfg, class_names, data_path, save_path, workers=4
     dataset = KittiDataset(dataset_cfg=dataset_cfg, class_names=class_names, root_path=data_path, training=False)
     counts = {}
     split_infos = {}
-    for split, has_label in (("train", True), ("val", True), ("test", False)):
+    for split, has_label in (("train", True), ("val", True), ("tune", True), ("test", False)):
         dataset.set_split(split)
         if dataset.sample_id_list is None:
             print(f"---------------- ImageSets/{split}.txt not found, skipping the {split} split ----------------")

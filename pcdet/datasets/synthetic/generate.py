@@ -4,7 +4,8 @@
         [--val_fraction 0.25] [--workers 2] [--preset default|hard] [--num_test_frames T]
 
 Layout written under ``--out`` (the KITTI object layout, without images):
-    ImageSets/train.txt, val.txt    ids of training/ frames (a seeded random split), test.txt ids of testing/
+    ImageSets/train.txt, val.txt    ids of training/ frames (a seeded random split), test.txt ids of testing/;
+                                    tune.txt (with tune_fraction > 0) a tuning split taken out of train
     training/velodyne/%06d.bin      float32 (N, 4) x, y, z, intensity in the LiDAR frame
     training/label_2/%06d.txt       KITTI label lines (see kitti_writer), camera-FOV objects only
     training/calib/%06d.txt         P0..P3, R0_rect, Tr_velo_to_cam, Tr_imu_to_velo
@@ -117,7 +118,7 @@ def _remove_stale_frames(out_dir, folders, num):
 
 
 def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, preset="default",
-                     num_test_frames=None):
+                     num_test_frames=None, tune_fraction=0.0):
     """Write a synthetic KITTI-format dataset (layout in the module docstring).
 
     Args:
@@ -126,6 +127,8 @@ def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, pr
         num_frames: number of training/ frames (split into train and val).
         seed: dataset seed.
         val_fraction: share of the training/ frames listed in val.txt.
+        tune_fraction: share of the training/ frames listed in tune.txt, the tuning split, carved from the
+            frames that are not val and removed from train.txt (0: no tune.txt).
         workers: processes; 0 or 1 runs in this process.
         preset: 'default' or 'hard'.
         num_test_frames: testing/ frames (no labels); None -> num_frames // 10.
@@ -136,6 +139,10 @@ def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, pr
         raise ValueError(f"generate_dataset: num_frames must be >= 1, got {num_frames!r}")
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ValueError(f"generate_dataset: val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not 0.0 <= float(tune_fraction) or float(val_fraction) + float(tune_fraction) >= 1.0:
+        raise ValueError(f"generate_dataset: tune_fraction must be >= 0 and leave training frames "
+                         f"(val_fraction + tune_fraction < 1), got tune_fraction={tune_fraction!r}, "
+                         f"val_fraction={val_fraction!r}")
     get_preset(preset)
     num_frames = int(num_frames)
     num_test = num_frames // 10 if num_test_frames is None else int(num_test_frames)
@@ -156,10 +163,17 @@ def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, pr
         summaries = [_write_frame_task(t) for t in tasks]
 
     n_val = int(round(val_fraction * num_frames))
+    n_tune = int(round(tune_fraction * num_frames))
     order = np.random.default_rng(np.random.SeedSequence([int(seed), 99])).permutation(num_frames)
     val_ids = sorted(order[:n_val].tolist())
-    train_ids = sorted(order[n_val:].tolist())
-    for name, ids in (("train", train_ids), ("val", val_ids), ("test", list(range(num_test)))):
+    tune_ids = sorted(order[n_val:n_val + n_tune].tolist())
+    train_ids = sorted(order[n_val + n_tune:].tolist())
+    splits = [("train", train_ids), ("val", val_ids), ("test", list(range(num_test)))]
+    if n_tune:
+        splits.append(("tune", tune_ids))
+    elif os.path.isfile(os.path.join(out_dir, "ImageSets", "tune.txt")):
+        os.remove(os.path.join(out_dir, "ImageSets", "tune.txt"))
+    for name, ids in splits:
         with open(os.path.join(out_dir, "ImageSets", name + ".txt"), "w") as f:
             f.write("".join(f"{i:06d}\n" for i in ids))
 
@@ -169,6 +183,7 @@ def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, pr
         class_counts.update(s["classes"])
     meta = dict(generator="pcdet.datasets.synthetic", generator_version=GENERATOR_VERSION, seed=int(seed),
                 preset=preset, num_training_frames=num_frames, num_train=len(train_ids), num_val=len(val_ids),
+                num_tune=len(tune_ids),
                 num_testing_frames=num_test, image_shape=list(IMAGE_SHAPE),
                 labelled_classes=list(LABELLED_CLASSES),
                 label_counts={k: class_counts[k] for k in sorted(class_counts)},
@@ -179,7 +194,7 @@ def generate_dataset(out_dir, num_frames, seed, val_fraction=0.25, workers=0, pr
     with open(os.path.join(out_dir, "README.txt"), "w") as f:
         f.write(f"Synthetic KITTI-format LiDAR dataset (pcdet.datasets.synthetic, generator version "
                 f"{GENERATOR_VERSION}).\nseed {seed}, preset {preset}, {num_frames} training frames "
-                f"({len(train_ids)} train / {len(val_ids)} val), {num_test} testing frames.\n"
+                f"({len(train_ids)} train / {len(tune_ids)} tune / {len(val_ids)} val), {num_test} testing frames.\n"
                 f"No camera images: image_2 is absent; labels and calibrations assume an image of "
                 f"{IMAGE_SHAPE[1]}x{IMAGE_SHAPE[0]} pixels (width x height).\n"
                 "ImageSets/test.txt lists testing/ frames (velodyne + calib, no labels).\n"
@@ -195,6 +210,8 @@ def parse_args(argv=None):
     parser.add_argument("--num_frames", type=int, required=True, help="training/ frames")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--val_fraction", type=float, default=0.25)
+    parser.add_argument("--tune_fraction", type=float, default=0.0,
+                        help="share of the frames in the tuning split (tune.txt), taken out of train")
     parser.add_argument("--workers", type=int, default=0, help="processes (0: this process)")
     parser.add_argument("--preset", default="default", choices=["default", "hard"])
     parser.add_argument("--num_test_frames", type=int, default=None,
@@ -209,7 +226,7 @@ def main(argv=None):
     """CLI entry: generate the dataset and print synthetic_meta.json."""
     args = parse_args(argv)
     meta = generate_dataset(args.out, args.num_frames, args.seed, val_fraction=args.val_fraction,
-                            workers=args.workers, preset=args.preset, num_test_frames=args.num_test_frames)
+                            tune_fraction=args.tune_fraction, workers=args.workers, preset=args.preset, num_test_frames=args.num_test_frames)
     print(json.dumps(meta, indent=2, sort_keys=True))
     if args.layouts:
         from pathlib import Path

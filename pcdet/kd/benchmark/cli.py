@@ -1,0 +1,127 @@
+"""Command line of the benchmark (``tools/benchmark_kd.py``).
+
+    python tools/benchmark_kd.py --preset cpu --retrain-teachers    # train + export the zoo teachers (once)
+    python tools/benchmark_kd.py --preset cpu --tune --family pointpillar   # the sweep, on the tuning split
+    python tools/benchmark_kd.py --preset cpu --family pointpillar  # the final runs (val), one family at a time
+    python tools/benchmark_kd.py --preset main                      # README main job
+
+Every invocation is resumable (finished runs and results of the same config are reused) and rewrites the report
+from every result present, so families run in separate invocations merge into one table.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .plan import REPO_ROOT, Benchmark
+from .presets import PRESETS
+from .report import collect, final_markdown, plot, results_json, tuning_markdown
+from .runner import Runner
+
+
+def eval_self_check(log):
+    """The KITTI metric on ground truth as detections (AP 100) and on seeded noisy detections."""
+    from ...datasets.kitti.kitti_object_eval_python.eval import evaluate_self_check
+
+    res = evaluate_self_check()
+    for name in ("perfect", "noisy"):
+        result_dict = res[name][1]
+        vals = {c: result_dict.get(f"{c}_3d/moderate_R40") for c in ("Car", "Pedestrian", "Cyclist")}
+        log(f"KITTI metric self-check, {name} detections: 3D moderate AP R40 "
+            + ", ".join(f"{c} {v:.2f}" for c, v in vals.items()))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--family", nargs="*", default=None, help="only these families (default: all)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--tune", action="store_true", help="run the tuning sweep, evaluated on the tune split")
+    mode.add_argument("--retrain-teachers", dest="retrain_teachers", action="store_true",
+                      help="train the zoo teachers and their 1.5x-epochs runs, export them to model_zoo/")
+    parser.add_argument("--work_dir", default=None, help="default: output/benchmark_kd/<preset>")
+    parser.add_argument("--data_dir", default=None, help="default: data/synthetic_kitti_<data name>")
+    parser.add_argument("--zoo_dir", default=str(REPO_ROOT / "model_zoo"))
+    parser.add_argument("--fp16_zoo", action="store_true", help="export zoo weights in fp16")
+    parser.add_argument("--jobs", type=int, default=None, help="training runs in parallel (default: preset)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--docs_dir", default=str(REPO_ROOT / "docs"))
+    return parser.parse_args(argv)
+
+
+def default_data_dir(preset_name, preset):
+    """The cpu and main presets share the zoo's dataset (data/synthetic_kitti_cpu)."""
+    from .presets import CPU_DATA
+
+    name = "cpu" if preset["data"] == CPU_DATA else preset_name
+    return REPO_ROOT / "data" / f"synthetic_kitti_{name}"
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    preset = PRESETS[args.preset]
+    mode = "tune" if args.tune else "teachers" if args.retrain_teachers else "final"
+    work_dir = Path(args.work_dir or REPO_ROOT / "output" / "benchmark_kd" / args.preset)
+    data_dir = Path(args.data_dir or default_data_dir(args.preset, preset))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Path(args.zoo_dir) / "manifest.json"
+    t_start = time.time()
+    with open(work_dir / "benchmark.log", "a") as log_file:
+        def log(msg):
+            line = f"[{time.strftime('%H:%M:%S')} +{(time.time() - t_start) / 60:5.1f} min] {msg}"
+            print(line, flush=True)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        bench = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, families=args.family,
+                          zoo_manifest=manifest)
+        splits = ("tune",) if mode == "tune" else ("val",)
+        runner = Runner(bench, device=args.device, threads=args.threads, jobs=args.jobs, log=log, eval_splits=splits)
+        log(f"preset {args.preset}, mode {mode}, families {bench.families}: {len(bench.runs)} runs, "
+            f"{runner.jobs} in parallel, evaluated on {'/'.join(splits)}")
+        eval_self_check(log)
+        runner.prepare_data()
+        runner.execute()
+        wall = time.time() - t_start
+        log(f"this invocation: {wall / 60:.1f} min")
+        docs = Path(args.docs_dir)
+        docs.mkdir(parents=True, exist_ok=True)
+        if mode == "teachers":
+            runner.export_teachers(args.zoo_dir, manifest, fp16=args.fp16_zoo)
+            return
+        # the report covers every family of the preset that has results (earlier invocations included)
+        full = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest)
+        records = collect(full, splits[0])
+        walls = _record_wall(work_dir, mode, bench.families, wall)
+        if mode == "tune":
+            text = tuning_markdown(full, records)
+            (docs / f"results_{args.preset}_tuning.md").write_text(text)
+            (docs / f"results_{args.preset}_tuning.json").write_text(json.dumps(
+                {"split": "tune", "runs": records}, indent=1, default=str) + "\n")
+        else:
+            from ...model_zoo import load_manifest
+
+            teachers = [t for t in load_manifest(manifest)["teachers"]
+                        if any(f"zoo:{t['name']}" == fam.get("teacher") for fam in preset["families"].values())]
+            note = "Wall time per invocation on this machine: " + "; ".join(
+                f"{k}: {v / 60:.1f} min" for k, v in sorted(walls.items())) + "."
+            text = final_markdown(full, records, teachers, note)
+            text += f"\n![gains and curves](results_{args.preset}.png)\n"
+            (docs / f"results_{args.preset}.md").write_text(text)
+            (docs / f"results_{args.preset}.json").write_text(json.dumps(results_json(records, teachers), indent=1)
+                                                             + "\n")
+            plot(full, records, teachers, docs / f"results_{args.preset}.png")
+        print(text)
+        log(f"wrote the report to {docs}; total wall time {(time.time() - t_start) / 60:.1f} min")
+
+
+def _record_wall(work_dir, mode, families, seconds):
+    """Wall seconds per (mode, families) invocation, kept in work_dir/wall_times.json (the longest of each)."""
+    path = Path(work_dir) / "wall_times.json"
+    walls = json.loads(path.read_text()) if path.is_file() else {}
+    key = f"{mode}:{'+'.join(families)}"
+    walls[key] = max(seconds, walls.get(key, 0.0))   # the invocation that ran the most (reruns reuse results)
+    path.write_text(json.dumps(walls, indent=1))
+    return {k.split(":", 1)[1]: v for k, v in walls.items() if k.startswith(mode + ":")}

@@ -1,0 +1,245 @@
+"""Planning: the runs of a preset, their derived configs, output folders and dependencies.
+
+Every training run is a ``tools/train.py`` subprocess on a YAML derived from the shipped configs: the model config
+of the family (``_BASE_CONFIG_``) with DATA_PATH, widths, epochs and the preset's compute overrides, plus, for a
+distillation run, the ``KD:`` block of the method's shipped KD config pointed at the run's teacher. Deleting the
+``KD:`` block gives exactly the student-alone run of the same seed (the pairing of seeds).
+
+A run's output folder is named by its name and a hash of its training config, so a run of the same config (for
+example the tuning run of the setting that was then frozen) is trained once and evaluated on each split asked for.
+"""
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ...config import load_yaml, merge_dicts
+from .presets import KD_BLOCKS, MODEL_CFGS, epochs_of
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+TOOLS_DIR = REPO_ROOT / "tools"
+CFGS = TOOLS_DIR / "cfgs"
+ZOO_PREFIX = "zoo:"
+# relative cost of a training run per epoch (CPU, bf16): the order in which ready runs start (teachers first,
+# then the longest first, so the last runs are short) and the progress line's estimate
+RUN_COST = {"teacher": 9.0, "itkd": 8.0, "pointdistiller": 6.0, "fitnet": 5.5, "logit_kd": 4.5, "none": 3.0}
+
+
+class BenchmarkError(RuntimeError):
+    """A preset, a run or a result cannot be used; the message names it."""
+
+
+@dataclass
+class Run:
+    """One training run (or, for a zoo teacher, one evaluated checkpoint)."""
+
+    name: str
+    family: str
+    method: str          # "teacher", "none" or a KD method
+    width: float         # absolute width of the narrowed part (MODEL.WIDTH, or the ``narrow`` module's)
+    seed: int
+    epochs: int
+    teacher: "Run" = None
+    deps: list = field(default_factory=list)
+    label: str = ""      # tuning setting
+    overrides: dict = field(default_factory=dict)
+    zoo: str = None      # zoo teacher name: not trained, its shipped checkpoint is used
+    curve: bool = False  # keep every checkpoint and evaluate a learning curve
+    longer: bool = False  # the 1.5x-epochs run of a zoo teacher (convergence check)
+
+    @property
+    def is_kd(self):
+        return self.teacher is not None
+
+    @property
+    def cost(self):
+        return 0.0 if self.zoo else RUN_COST.get(self.method, 5.0) * self.epochs
+
+
+def run_priority(run):
+    """Sort key of ``Run``s: teachers first, then longest-expected first; ties keep the plan's order."""
+    return (run.method != "teacher", -run.cost)
+
+
+def write_yaml(path, data):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    return path
+
+
+def merge_kd_overrides(kd_block, overrides):
+    """The KD block with ``overrides`` merged: key ``KD`` into the block's top level, the rest into every head."""
+    kd_block = copy.deepcopy(kd_block)
+    overrides = dict(overrides or {})
+    top = overrides.pop("KD", {})
+    kd_block = merge_dicts(kd_block, top)
+    kd_block["HEADS"] = [merge_dicts(h, overrides) for h in kd_block["HEADS"]]
+    return kd_block
+
+
+class Benchmark:
+    """The runs of ``preset`` under ``work_dir`` on the dataset at ``data_dir``.
+
+    ``mode``: 'final' (every method with the frozen overrides, every seed), 'tune' (seed ``seeds[0]``, each
+    tuning setting) or 'teachers' (train the zoo teachers and their 1.5x-epochs runs). ``families`` restricts the
+    plan to those families.
+    """
+
+    def __init__(self, preset_name, preset, work_dir, data_dir, mode="final", families=None, zoo_manifest=None):
+        if mode not in ("final", "tune", "teachers"):
+            raise BenchmarkError(f"benchmark mode must be final, tune or teachers, got {mode!r}")
+        self.preset_name = preset_name
+        self.preset = preset
+        self.work_dir = Path(work_dir)
+        self.data_dir = Path(data_dir)
+        self.mode = mode
+        unknown = sorted(set(families or []) - set(preset["families"]))
+        if unknown:
+            raise BenchmarkError(f"preset {preset_name}: no families {unknown} (has {sorted(preset['families'])})")
+        self.families = list(families) if families else list(preset["families"])
+        self.zoo_manifest = zoo_manifest
+        self.runs = self._plan()
+
+    # ------------------------------------------------------------------ planning
+    def _teacher_run(self, family, fam, seed):
+        epochs = epochs_of(self.preset, "teacher_epochs", family)
+        spec = fam.get("teacher")
+        if spec and str(spec).startswith(ZOO_PREFIX) and self.mode != "teachers":
+            name = str(spec)[len(ZOO_PREFIX):]
+            return Run(f"{family}_teacher_zoo", family, "teacher", fam["teacher_width"], 0, epochs, zoo=name)
+        return Run(f"{family}_teacher_w{fam['teacher_width']}_s{seed}", family, "teacher", fam["teacher_width"],
+                   seed, epochs)
+
+    def _plan(self):
+        p = self.preset
+        runs = []
+        if self.mode == "teachers":
+            for family in self.families:
+                fam = p["families"][family]
+                base = self._teacher_run(family, fam, 0)
+                base.curve = True
+                longer = Run(base.name + "_longer", family, "teacher", base.width, 0,
+                             int(round(1.5 * base.epochs)), longer=True)
+                longer.curve = False
+                runs += [base, longer]
+            return runs
+        seeds = p["seeds"][:1] if self.mode == "tune" else p["seeds"]
+        for family in self.families:
+            fam = p["families"][family]
+            zoo_teacher = None
+            for seed in seeds:
+                teacher = self._teacher_run(family, fam, seed)
+                if teacher.zoo:
+                    if zoo_teacher is None:
+                        zoo_teacher = teacher
+                        runs.append(teacher)
+                    teacher = zoo_teacher
+                else:
+                    runs.append(teacher)
+                epochs = epochs_of(p, "student_epochs", family)
+                for rel in fam["student_rel_widths"]:
+                    width = round(fam["teacher_width"] * rel, 6)
+                    for method in fam["methods"]:
+                        frozen = p.get("kd_overrides", {}).get(method, {}).get(family, {})
+                        settings = [{"label": "", "overrides": {}}]
+                        if method != "none" and self.mode == "tune":
+                            settings = p.get("tuning", {}).get(method, {}).get(family) or [
+                                {"label": "default", "overrides": {}}]
+                        for setting in settings:
+                            label = setting["label"]
+                            overrides = merge_dicts(frozen, setting["overrides"]) if method != "none" else {}
+                            name = f"{family}_{method}_w{width}_s{seed}" + (f"_{label}" if label else "")
+                            run = Run(name, family, method, width, seed, epochs,
+                                      teacher=teacher if method != "none" else None, label=label,
+                                      overrides=overrides, curve=(method == "none" and seed == seeds[0]))
+                            if run.teacher is not None and not run.teacher.zoo:
+                                run.deps.append(run.teacher)
+                            runs.append(run)
+        return runs
+
+    # ------------------------------------------------------------------ configs and paths
+    def cfg_text(self, run):
+        return yaml.safe_dump(self.cfg_data(run), sort_keys=False)
+
+    def cfg_hash(self, run):
+        return hashlib.sha256(self.cfg_text(run).encode()).hexdigest()[:10]
+
+    def train_name(self, run):
+        """The run's name without its tuning label: runs of the same training config share a folder."""
+        return run.name[:-len(run.label) - 1] if run.label else run.name
+
+    def cfg_path(self, run):
+        """The derived config, one folder per config hash (its stem is train.py's output folder name)."""
+        return self.work_dir / "cfgs" / self.cfg_hash(run) / f"{self.train_name(run)}.yaml"
+
+    def run_dir(self, run):
+        """train.py's layout for a config under a ``cfgs`` folder: <output_root>/<folders below cfgs>/<stem>/<tag>,
+        here runs/<config hash>/<name>/bench."""
+        return self.work_dir / "runs" / self.cfg_hash(run) / self.train_name(run) / "bench"
+
+    def ckpt_path(self, run, epoch=None):
+        if run.zoo:
+            from ...model_zoo import zoo_entry
+
+            return Path(zoo_entry(run.zoo, **self._manifest_kw())["ckpt"])
+        return self.run_dir(run) / "ckpt" / f"checkpoint_epoch_{epoch or run.epochs}.pth"
+
+    def result_path(self, run, split, epoch=None):
+        suffix = "" if epoch in (None, run.epochs) else f"_e{epoch}"
+        return self.work_dir / "results" / split / f"{run.name}{suffix}.json"
+
+    def _manifest_kw(self):
+        return {"path": self.zoo_manifest} if self.zoo_manifest else {}
+
+    def model_widths(self, run):
+        """MODEL width keys of a run: every module at ``run.width``, or (family ``narrow: MODULE``, the itKD
+        students) the teacher's width everywhere and ``run.width`` for that module alone."""
+        fam = self.preset["families"][run.family]
+        module = fam.get("narrow")
+        if module is None or run.method == "teacher":
+            return {"WIDTH": run.width}
+        return {"WIDTH": fam["teacher_width"], module: {"WIDTH": run.width}}
+
+    def base_cfg_file(self, run):
+        """The config a run derives from: a zoo family's teacher config (tools/cfgs/zoo/<family>_teacher.yaml,
+        the one its manifest entry names) for its teachers, else the family's model config."""
+        if run.method == "teacher" and self.preset["families"][run.family].get("teacher"):
+            return CFGS / "zoo" / f"{run.family}_teacher.yaml"
+        return CFGS / MODEL_CFGS[run.family]
+
+    def cfg_data(self, run):
+        """The derived config of ``run`` as a dict (see the module docstring)."""
+        if run.method == "teacher" and self.preset["families"][run.family].get("teacher"):
+            # a zoo teacher is its shipped config as is; only the data folder (not hashed) and the epochs of the
+            # 1.5x run differ
+            data = {"_BASE_CONFIG_": str(self.base_cfg_file(run)), "DATA_CONFIG": {"DATA_PATH": str(self.data_dir)}}
+            if run.longer:
+                data["OPTIMIZATION"] = {"NUM_EPOCHS": run.epochs}
+            return data
+        data = {
+            "_BASE_CONFIG_": str(self.base_cfg_file(run)),
+            "DATA_CONFIG": dict(copy.deepcopy(self.preset.get("data_overrides", {})), DATA_PATH=str(self.data_dir)),
+            "MODEL": self.model_widths(run),
+            "OPTIMIZATION": dict(self.preset.get("optimization_overrides", {}), NUM_EPOCHS=run.epochs,
+                                 BATCH_SIZE_PER_GPU=self.preset["batch_size"]),
+        }
+        if run.is_kd:
+            kd_block = load_yaml(CFGS / KD_BLOCKS[run.method][run.family])["KD"]
+            kd_block = merge_kd_overrides(kd_block, run.overrides)
+            teacher = run.teacher
+            kd_block["TEACHER"] = dict(self.preset.get("teacher_overrides", {}),
+                                       CFG_FILE=str(self.teacher_cfg_file(teacher)), CKPT=str(self.ckpt_path(teacher)))
+            data["KD"] = kd_block
+        return data
+
+    def teacher_cfg_file(self, teacher):
+        """The config a student's KD block names: a zoo teacher's shipped config (its hash is checked against the
+        checkpoint's tag), else the derived config of the trained teacher."""
+        return self.base_cfg_file(teacher) if teacher.zoo else self.cfg_path(teacher)
+
+    def write_cfg(self, run):
+        return write_yaml(self.cfg_path(run), self.cfg_data(run))

@@ -1,0 +1,124 @@
+"""Benchmark presets: data, families (teacher, student widths, methods), schedules, and the tuning sweeps.
+
+A preset is a plain dict; ``plan.Benchmark`` turns it into runs. Keys:
+
+- ``data``: how the synthetic set is generated (frames, seed, val / tune fractions, generator preset).
+- ``families``: family -> ``teacher_width``, ``student_rel_widths``, ``methods``, optionally ``narrow`` (only that
+  MODEL module is narrowed: the itKD students) and ``teacher`` (``"zoo:<name>"``: the shipped teacher of
+  ``model_zoo/manifest.json``, evaluated but not trained; otherwise a teacher is trained per seed).
+- ``seeds``: the paired seeds (a seed fixes the student's initialisation and data order for every method).
+- ``teacher_epochs``, ``student_epochs`` (an int or a family -> int dict), ``batch_size``, ``jobs``.
+- ``data_overrides``, ``optimization_overrides``, ``teacher_overrides``: merged into every derived config.
+- ``kd_overrides``: method -> family -> overrides of the KD block, frozen from the tuning sweep
+  (``{"KD": {top-level KD keys}, <head keys>...}``; nested dicts merge).
+- ``tuning``: method -> family -> list of {"label", "overrides"} settings tried on the tuning split with
+  ``--tune`` (seed ``seeds[0]``), with ``curve_every`` for the student-alone learning curve.
+"""
+
+MODEL_CFGS = {
+    "pointpillar": "synthetic_models/pointpillar.yaml",
+    "second": "synthetic_models/second.yaml",
+    "centerpoint": "synthetic_models/centerpoint.yaml",
+    "centerpoint_pillar": "synthetic_models/centerpoint_pillar.yaml",
+}
+# method -> family -> the shipped KD config whose `KD:` block is added to the student's model config. KD is
+# additive: model config + KD block = the distillation run; the teacher entry is pointed at the run's teacher.
+KD_BLOCKS = {
+    "logit_kd": {"pointpillar": "kd/logit_kd_pointpillar.yaml", "centerpoint": "kd/logit_kd_centerpoint.yaml",
+                 "centerpoint_pillar": "kd/logit_kd_centerpoint.yaml"},
+    "fitnet": {"pointpillar": "kd/fitnet_pointpillar.yaml", "centerpoint": "kd/fitnet_centerpoint.yaml",
+               "centerpoint_pillar": "kd/fitnet_centerpoint.yaml"},
+    "pointdistiller": {"pointpillar": "kd/pointdistiller_pointpillar.yaml", "second": "kd/pointdistiller_second.yaml",
+                       "centerpoint": "kd/pointdistiller_centerpoint.yaml",
+                       "centerpoint_pillar": "kd/pointdistiller_centerpoint.yaml"},
+    "itkd": {"centerpoint": "kd/itkd_centerpoint.yaml", "centerpoint_pillar": "kd/itkd_centerpoint_pillar.yaml"},
+}
+METHOD_LABELS = {"teacher": "Teacher", "none": "Student alone", "logit_kd": "Logit KD", "fitnet": "FitNet",
+                 "pointdistiller": "PointDistiller", "itkd": "itKD"}
+METHOD_ORDER = ["teacher", "none", "logit_kd", "fitnet", "pointdistiller", "itkd"]
+
+# fixed before any run, for CPU compute only: GT sampling dominates data loading on 2 cores; bf16 autocast with
+# channels_last weights gives 1.5-1.9x faster steps on this AMX CPU
+_CPU_DATA = {"DATA_AUGMENTOR": {"DISABLE_AUG_LIST": ["gt_sampling"]}}
+_CPU_OPT = {"USE_AMP": True, "AMP_DTYPE": "bf16", "CHANNELS_LAST": True}
+
+# the data of the `cpu` benchmark and of the shipped zoo teachers: 1500 frames, 500 val, 200 tune, 800 train
+CPU_DATA = dict(num_frames=1500, seed=0, val_fraction=0.33334, tune_fraction=0.13334, preset="default")
+
+PRESETS = {
+    # The README main job: small and quick, one seed; it demonstrates the whole path, it is not the benchmark.
+    "main": dict(
+        data=dict(num_frames=200, seed=0, val_fraction=0.25, tune_fraction=0.0, preset="default"),
+        seeds=[0], jobs=2,
+        families={"centerpoint_pillar": dict(teacher_width=0.5, student_rel_widths=[0.25], narrow="BACKBONE_2D",
+                                             methods=["none", "itkd"])},
+        teacher_epochs=12, student_epochs=10, batch_size=4,
+        data_overrides=_CPU_DATA, optimization_overrides=_CPU_OPT, teacher_overrides={"CHANNELS_LAST": True},
+    ),
+    # The CPU benchmark: shipped teachers (model_zoo/), the papers' students, 3 paired seeds, val 500 frames.
+    # One family at a time (--family) fits the 2-core budget; the table merges whatever has run.
+    "cpu": dict(
+        data=CPU_DATA, seeds=[0, 1, 2], jobs=2,
+        families={
+            "pointpillar": dict(teacher="zoo:pointpillar_w0.5", teacher_width=0.5, student_rel_widths=[0.5],
+                                methods=["none", "logit_kd", "fitnet", "pointdistiller"]),
+            "centerpoint_pillar": dict(teacher="zoo:centerpoint_pillar_w0.5", teacher_width=0.5,
+                                       student_rel_widths=[0.25], narrow="BACKBONE_2D",
+                                       methods=["none", "logit_kd", "fitnet", "itkd"]),
+        },
+        teacher_epochs={"pointpillar": 24, "centerpoint_pillar": 20},
+        student_epochs={"pointpillar": 12, "centerpoint_pillar": 10},
+        batch_size=4, curve_every=2,
+        data_overrides=_CPU_DATA, optimization_overrides=_CPU_OPT, teacher_overrides={"CHANNELS_LAST": True},
+        # PointDistiller's paper N / K are for 432 x 496 KITTI pillar grids, scaled to the 160 x 200 grid; its
+        # graph width is the student's pillar-feature width (16 at width 0.25)
+        kd_overrides={"pointdistiller": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16}}},
+        tuning={
+            "pointdistiller": {"pointpillar": [
+                {"label": "tau0.01", "overrides": {}},
+                {"label": "tau1", "overrides": {"TAU": 1.0}},
+                {"label": "tau1_w8", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 8.0}},
+            ]},
+            "itkd": {"centerpoint_pillar": [
+                {"label": "default", "overrides": {}},
+                {"label": "ae5", "overrides": {"AE": {"WEIGHT": 5.0}}},
+                {"label": "ae5_det1", "overrides": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}},
+            ]},
+        },
+    ),
+    # Quick CPU benchmark (< 1 h on 2 cores) that trains its own teachers; kept for comparison with older runs.
+    "mini": dict(
+        data=dict(num_frames=400, seed=0, val_fraction=0.25, tune_fraction=0.0, preset="default"),
+        seeds=[0, 1], jobs=2,
+        families={
+            "pointpillar": dict(teacher_width=0.5, student_rel_widths=[0.5],
+                                methods=["none", "logit_kd", "fitnet", "pointdistiller"]),
+            "centerpoint_pillar": dict(teacher_width=0.5, student_rel_widths=[0.25], narrow="BACKBONE_2D",
+                                       methods=["none", "fitnet", "itkd"]),
+        },
+        teacher_epochs=10, student_epochs=8, batch_size=4,
+        data_overrides=_CPU_DATA, optimization_overrides=_CPU_OPT, teacher_overrides={"CHANNELS_LAST": True},
+        kd_overrides={"pointdistiller": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16}}},
+    ),
+    # GPU preset: OpenPCDet widths for the teachers, 4x and 16x students, SECOND and voxel CenterPoint added.
+    "full": dict(
+        data=dict(num_frames=3000, seed=0, val_fraction=0.25, tune_fraction=0.1, preset="default"),
+        seeds=[0, 1, 2], jobs=1,
+        families={
+            "pointpillar": dict(teacher_width=1.0, student_rel_widths=[0.5, 0.25],
+                                methods=["none", "logit_kd", "fitnet", "pointdistiller"]),
+            "second": dict(teacher_width=1.0, student_rel_widths=[0.5, 0.25], methods=["none", "pointdistiller"]),
+            "centerpoint": dict(teacher_width=1.0, student_rel_widths=[0.5, 0.25],
+                                methods=["none", "logit_kd", "fitnet", "pointdistiller", "itkd"]),
+            "centerpoint_pillar": dict(teacher_width=1.0, student_rel_widths=[0.5, 0.25], narrow="BACKBONE_2D",
+                                       methods=["none", "logit_kd", "fitnet", "itkd"]),
+        },
+        teacher_epochs=40, student_epochs=40, batch_size=4,
+    ),
+}
+
+
+def epochs_of(preset, key, family):
+    """``preset[key]`` for ``family`` (an int, or a family -> int dict)."""
+    value = preset[key]
+    return int(value[family]) if isinstance(value, dict) else int(value)

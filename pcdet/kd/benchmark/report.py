@@ -1,0 +1,236 @@
+"""Reporting: per-run records, the paired-gain table with 95% t-intervals, the JSON of the results, the tuning
+sweep table and the plot (paired gains; teacher and student-alone learning curves)."""
+import json
+import math
+import statistics
+from pathlib import Path
+
+from .presets import METHOD_LABELS, METHOD_ORDER
+from .stats import fmt_interval, paired_gains, t_interval
+
+CLASSES = ["Car", "Pedestrian", "Cyclist"]
+
+
+def moderate_map(metrics, class_names=CLASSES, kind="3d", suffix=""):
+    """Mean over classes of moderate AP R40 (``suffix='_loose'``: the loose overlap set 0.5 / 0.25 / 0.25)."""
+    vals = [metrics.get(f"{c}_{kind}/moderate_R40{suffix}") for c in class_names]
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def collect(bench, split, class_names=CLASSES):
+    """One record per run of ``bench`` with a result on ``split``: family, method, label, width, seed, map3d_mod,
+    mapbev_mod, maploose_mod, per_class, params, flops, latency_ms, train_seconds, curve ([[epoch, map3d]])."""
+    records = []
+    for run in bench.runs:
+        path = bench.result_path(run, split)
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        m = res["metrics"]
+        curve = []
+        every = int(bench.preset.get("curve_every", 0) or 0)
+        if run.curve and every > 0:
+            for epoch in range(every, run.epochs, every):
+                p = bench.result_path(run, split, epoch)
+                if p.is_file():
+                    curve.append([epoch, moderate_map(json.loads(p.read_text())["metrics"], class_names)])
+            curve.append([run.epochs, moderate_map(m, class_names)])
+        records.append(dict(
+            family=run.family, method=run.method, label=run.label, width=run.width, seed=run.seed,
+            zoo=run.zoo, map3d_mod=moderate_map(m, class_names), mapbev_mod=moderate_map(m, class_names, "bev"),
+            maploose_mod=moderate_map(m, class_names, "3d", "_loose"),
+            per_class={c: m.get(f"{c}_3d/moderate_R40", float("nan")) for c in class_names},
+            params=res.get("params"), flops=res.get("flops"), latency_ms=res.get("latency_ms"),
+            train_seconds=res.get("train_seconds", 0.0), epochs=run.epochs, curve=curve, device=res.get("device")))
+    return records
+
+
+def _by_seed(records, family, width, method, label=""):
+    return {r["seed"]: r for r in records if r["family"] == family and r["width"] == width
+            and r["method"] == method and r["label"] == label}
+
+
+def gain_rows(records, family):
+    """Per student width and method: mean mAP with its t-interval, paired gain over the student alone with its
+    t-interval and per-seed gains, and the share of the teacher - student gap closed."""
+    teacher = next((r for r in records if r["family"] == family and r["method"] == "teacher"), None)
+    widths = sorted({r["width"] for r in records if r["family"] == family and r["method"] != "teacher"},
+                    reverse=True)
+    rows = []
+    for width in widths:
+        alone = _by_seed(records, family, width, "none")
+        alone_map = {s: r["map3d_mod"] for s, r in alone.items()}
+        for method in METHOD_ORDER[1:]:
+            runs = _by_seed(records, family, width, method)
+            if not runs:
+                continue
+            maps = {s: r["map3d_mod"] for s, r in runs.items()}
+            bevs = [r["mapbev_mod"] for r in runs.values()]
+            row = dict(family=family, width=width, method=method, seeds=sorted(maps), per_seed=maps,
+                       map3d=t_interval(list(maps.values())), mapbev=t_interval(bevs),
+                       per_class={c: statistics.fmean(r["per_class"][c] for r in runs.values()) for c in CLASSES},
+                       any=next(iter(runs.values())))
+            if method != "none":
+                gains = paired_gains(maps, alone_map)
+                row["gains"] = gains
+                row["gain"] = t_interval([g for _, g in gains])
+                if teacher is not None and alone_map:
+                    gap = teacher["map3d_mod"] - statistics.fmean(alone_map.values())
+                    row["gap_closed"] = row["gain"][0] / gap if abs(gap) > 1e-6 else float("nan")
+            rows.append(row)
+    return teacher, rows
+
+
+def _num(v, digits=2):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _ci(mean, low, high):
+    return _num(mean) if math.isnan(low) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def final_markdown(bench, records, teachers, wall_note=""):
+    """The markdown of the final table (val split)."""
+    p = bench.preset
+    d = p["data"]
+    lines = [f"# KD benchmark, preset `{bench.preset_name}` (val split)", "",
+             f"Synthetic KITTI-format dataset, generator seed {d['seed']}: {d['num_frames']} frames = "
+             f"{int(round(d['val_fraction'] * d['num_frames']))} val, "
+             f"{int(round(d.get('tune_fraction', 0) * d['num_frames']))} tune, the rest train. Students train on "
+             f"train only, every choice was made on the tuning split (docs/results_{bench.preset_name}_tuning.md), "
+             f"and val is used for this table alone. Seeds {p['seeds']}, paired: a seed fixes the student's "
+             f"initialisation and data order for every method. Batch {p['batch_size']}. {wall_note}", "",
+             "mAP = mean over Car / Pedestrian / Cyclist of moderate AP R40 at the strict overlaps (0.7 / 0.5 / 0.5), "
+             "in percent. Intervals are 95% Student-t intervals over seeds; the gain is the paired difference "
+             "method - student alone of the same seed, averaged over seeds. Gap closed = mean gain / (teacher - "
+             "mean student alone).", ""]
+    for family in bench.families:
+        teacher, rows = gain_rows(records, family)
+        if not rows and teacher is None:
+            continue
+        lines += [f"## {family}", ""]
+        if teacher is not None:
+            t = next((e for e in teachers if e.get("family") == family), None)
+            lines.append(f"Teacher (width {teacher['width']}{', zoo ' + teacher['zoo'] if teacher['zoo'] else ''}): "
+                         f"3D mAP {teacher['map3d_mod']:.2f}, BEV mAP {teacher['mapbev_mod']:.2f}, params "
+                         f"{teacher['params'] / 1e6:.3f}M, {teacher['flops'] / 1e9:.2f} GFLOPs"
+                         + (f"; its {t['longer']['epochs']}-epoch run reaches {t['longer']['map3d_mod']:.2f}" if t
+                            and t.get("longer") else "") + ".")
+            lines.append("")
+        lines += ["| student width | method | epochs | params | GFLOPs | 3D mAP mod [95% CI] | BEV mAP mod | "
+                  + " | ".join(f"{c} 3D" for c in CLASSES) + " | paired gain [95% CI] | per-seed gains | gap closed |",
+                  "|" + "---|" * (10 + len(CLASSES))]
+        for row in rows:
+            a = row["any"]
+            gains = " ".join(f"s{s}: {g:+.2f}" for s, g in row.get("gains", [])) or \
+                " ".join(f"s{s}: {v:.2f}" for s, v in sorted(row["per_seed"].items()))
+            gap = row.get("gap_closed")
+            lines.append(f"| {row['width']} | {METHOD_LABELS[row['method']]} | {a['epochs']} | "
+                         f"{a['params'] / 1e6:.3f}M | {a['flops'] / 1e9:.2f} | {_ci(*row['map3d'])} | "
+                         f"{_num(row['mapbev'][0])} | " + " | ".join(_num(row["per_class"][c]) for c in CLASSES)
+                         + f" | {fmt_interval(*row['gain']) if 'gain' in row else '-'} | {gains} | "
+                         + (f"{100 * gap:.0f}%" if gap is not None and not math.isnan(gap) else "-") + " |")
+        curve = next((r["curve"] for r in records if r["family"] == family and r["method"] == "none" and r["curve"]),
+                     None)
+        if curve:
+            lines += ["", "Student-alone learning curve (seed %d, val 3D mAP by epoch): " % min(
+                r["seed"] for r in records if r["family"] == family and r["method"] == "none")
+                + ", ".join(f"{e}: {v:.2f}" for e, v in curve)]
+        lines.append("")
+    if teachers:
+        lines += ["## Teachers (model_zoo/)", "", "| teacher | epochs | val 3D mAP by epoch | 1.5x epochs: val 3D mAP |",
+                  "|---|---|---|---|"]
+        for t in teachers:
+            lines.append(f"| {t['name']} | {t['curve'][-1][0]} | "
+                         + ", ".join(f"{e}: {v:.1f}" for e, v in t["curve"])
+                         + f" | {t['longer']['epochs']}: {t['longer']['map3d_mod']:.2f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def results_json(records, teachers):
+    """The documented JSON: {"runs": [{family, method, width, seed, map3d_mod, mapbev_mod, ...}], "teachers": [...]}
+    (val, strict IoU, percent)."""
+    runs = [{"family": r["family"], "method": r["method"], "width": r["width"], "seed": r["seed"],
+             "map3d_mod": round(r["map3d_mod"], 4), "mapbev_mod": round(r["mapbev_mod"], 4),
+             "per_class_3d_mod": {c: round(v, 4) for c, v in r["per_class"].items()},
+             "epochs": r["epochs"], "train_seconds": round(r["train_seconds"] or 0.0, 1)}
+            for r in records if not r["label"]]
+    teach = [{"family": t["family"], "width": t["width"], "name": t["name"], "curve": t["curve"],
+              "longer": t["longer"]} for t in teachers]
+    return {"split": "val", "runs": runs, "teachers": teach}
+
+
+def tuning_markdown(bench, records):
+    """The sweep table on the tuning split: each setting's mAP and its difference from the student alone."""
+    lines = [f"# KD benchmark, preset `{bench.preset_name}`: tuning sweep (tune split)", "",
+             f"Seed {bench.preset['seeds'][0]}; each setting is one run trained on train and evaluated on the "
+             f"tuning split; the settings frozen into the preset (`kd_overrides`) are chosen from this table.", ""]
+    for family in bench.families:
+        fam = [r for r in records if r["family"] == family]
+        if not fam:
+            continue
+        lines += [f"## {family}", "", "| width | method | setting | overrides | 3D mAP mod | BEV mAP mod | "
+                  "difference from alone |", "|---|---|---|---|---|---|---|"]
+        alone = {r["width"]: r["map3d_mod"] for r in fam if r["method"] == "none"}
+        for r in sorted(fam, key=lambda r: (METHOD_ORDER.index(r["method"]), r["label"])):
+            run = next(x for x in bench.runs if x.family == family and x.method == r["method"]
+                       and x.label == r["label"] and x.width == r["width"])
+            diff = r["map3d_mod"] - alone[r["width"]] if r["width"] in alone and r["method"] not in (
+                "none", "teacher") else None
+            lines.append(f"| {r['width']} | {METHOD_LABELS[r['method']]} | {r['label'] or '-'} | "
+                         f"`{json.dumps(run.overrides) if run.overrides else '-'}` | {r['map3d_mod']:.2f} | "
+                         f"{r['mapbev_mod']:.2f} | {'-' if diff is None else f'{diff:+.2f}'} |")
+        curve = next((r["curve"] for r in fam if r["method"] == "none" and r["curve"]), None)
+        if curve:
+            lines += ["", "Student-alone learning curve on the tuning split: "
+                      + ", ".join(f"{e}: {v:.2f}" for e, v in curve)]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(bench, records, teachers, png_path):
+    """Two panels: paired gains with 95% intervals per family and method; teacher / student-alone curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs, labels = 0, []
+    for family in bench.families:
+        _, rows = gain_rows(records, family)
+        for row in rows:
+            if "gain" not in row:
+                continue
+            mean, low, high = row["gain"]
+            err = None if math.isnan(low) else [[mean - low], [high - mean]]
+            ax1.errorbar([xs], [mean], yerr=err, marker="o", capsize=4, color="tab:blue")
+            for _, g in row["gains"]:
+                ax1.plot([xs + 0.15], [g], ".", color="gray")
+            labels.append(f"{family}\n{METHOD_LABELS[row['method']]} w{row['width']}")
+            xs += 1
+    ax1.axhline(0.0, color="k", lw=0.8)
+    ax1.set_xticks(range(len(labels)))
+    ax1.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
+    ax1.set_ylabel("paired gain over student alone (3D mAP mod)")
+    ax1.set_title("gains, 95% t-intervals (grey: per seed)")
+    for t in teachers:
+        e, v = zip(*t["curve"])
+        ax2.plot(e, v, "-o", label=f"teacher {t['name']}")
+        ax2.plot([t["longer"]["epochs"]], [t["longer"]["map3d_mod"]], "*", markersize=10,
+                 label=f"{t['name']}, 1.5x schedule")
+    for r in records:
+        if r["method"] == "none" and r["curve"]:
+            e, v = zip(*r["curve"])
+            ax2.plot(e, v, "--s", label=f"{r['family']} student alone w{r['width']} (seed {r['seed']})")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("val 3D mAP mod")
+    ax2.set_title("learning curves (each point: the run's checkpoint of that epoch)")
+    ax2.grid(True, alpha=0.3)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    Path(png_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
