@@ -1,4 +1,9 @@
 """``build_distiller``: teacher config -> dataset side processor -> frozen teacher -> dry run -> Distiller."""
+import contextlib
+import copy
+import random
+
+import numpy as np
 import torch
 
 from .distiller import Distiller, grid_info
@@ -10,6 +15,27 @@ def _model_device(model):
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def dataset_state_kept(dataset):
+    """Read frames of ``dataset`` without changing what training later draws from it.
+
+    A frame read in the main process advances the python / numpy / torch random streams and stateful
+    augmentors (the GT-database sampler's pointers), which DataLoader workers inherit; restoring them keeps a
+    distillation run's data identical to the student-alone run of the same seed (the benchmark's pairing).
+    """
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    augmentor = getattr(dataset, "data_augmentor", None)
+    saved = copy.deepcopy(augmentor) if augmentor is not None else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if augmentor is not None:
+            dataset.data_augmentor = saved
 
 
 def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, example_batch=None, cfg_file=None):
@@ -41,6 +67,7 @@ def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, examp
     teacher.to(device)
     if example_batch is None:
         from ..models import load_data_to_device
-        example_batch = load_data_to_device(dataset.collate_batch([dataset[0]]), device)
+        with dataset_state_kept(dataset):
+            example_batch = load_data_to_device(dataset.collate_batch([dataset[0]]), device)
     return Distiller(student, teacher, cfg.KD, grid_info(teacher.model, teacher_cfg.MODEL, teacher_cfg.CLASS_NAMES),
                      grid_info(student, cfg.MODEL, cfg.CLASS_NAMES), example_batch, logger)
