@@ -94,8 +94,8 @@ class Benchmark:
             raise BenchmarkError(f"benchmark mode must be final, tune or teachers, got {mode!r}")
         self.preset_name = preset_name
         self.preset = preset
-        self.work_dir = Path(work_dir)
-        self.data_dir = Path(data_dir)
+        self.work_dir = Path(work_dir).resolve()   # subprocesses run in tools/
+        self.data_dir = Path(data_dir).resolve()
         self.mode = mode
         unknown = sorted(set(families or []) - set(preset["families"]))
         if unknown:
@@ -106,11 +106,16 @@ class Benchmark:
 
     # ------------------------------------------------------------------ planning
     def _teacher_run(self, family, fam, seed):
-        epochs = epochs_of(self.preset, "teacher_epochs", family)
         spec = fam.get("teacher")
-        if spec and str(spec).startswith(ZOO_PREFIX) and self.mode != "teachers":
-            name = str(spec)[len(ZOO_PREFIX):]
-            return Run(f"{family}_teacher_zoo", family, "teacher", fam["teacher_width"], 0, epochs, zoo=name)
+        if spec and str(spec).startswith(ZOO_PREFIX):
+            # a zoo teacher's schedule is its config's (tools/cfgs/zoo/<family>_teacher.yaml)
+            cfg_file = CFGS / "zoo" / f"{family}_teacher.yaml"
+            epochs = int(load_yaml(cfg_file)["OPTIMIZATION"]["NUM_EPOCHS"])
+            if self.mode != "teachers":
+                name = str(spec)[len(ZOO_PREFIX):]
+                return Run(f"{family}_teacher_zoo", family, "teacher", fam["teacher_width"], 0, epochs, zoo=name)
+        else:
+            epochs = epochs_of(self.preset, "teacher_epochs", family)
         return Run(f"{family}_teacher_w{fam['teacher_width']}_s{seed}", family, "teacher", fam["teacher_width"],
                    seed, epochs)
 

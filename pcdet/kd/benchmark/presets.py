@@ -7,7 +7,8 @@ A preset is a plain dict; ``plan.Benchmark`` turns it into runs. Keys:
   MODEL module is narrowed: the itKD students) and ``teacher`` (``"zoo:<name>"``: the shipped teacher of
   ``model_zoo/manifest.json``, evaluated but not trained; otherwise a teacher is trained per seed).
 - ``seeds``: the paired seeds (a seed fixes the student's initialisation and data order for every method).
-- ``teacher_epochs``, ``student_epochs`` (an int or a family -> int dict), ``batch_size``, ``jobs``.
+- ``teacher_epochs`` (teachers trained by the preset; a zoo teacher's come from its config), ``student_epochs``
+  (an int or a family -> int dict), ``batch_size``, ``jobs``.
 - ``data_overrides``, ``optimization_overrides``, ``teacher_overrides``: merged into every derived config.
 - ``kd_overrides``: method -> family -> overrides of the KD block, frozen from the tuning sweep
   (``{"KD": {top-level KD keys}, <head keys>...}``; nested dicts merge).
@@ -66,7 +67,6 @@ PRESETS = {
                                        student_rel_widths=[0.25], narrow="BACKBONE_2D",
                                        methods=["none", "logit_kd", "fitnet", "itkd"]),
         },
-        teacher_epochs={"pointpillar": 24, "centerpoint_pillar": 20},
         student_epochs={"pointpillar": 12, "centerpoint_pillar": 10},
         batch_size=4, curve_every=2,
         data_overrides=_CPU_DATA, optimization_overrides=_CPU_OPT, teacher_overrides={"CHANNELS_LAST": True},

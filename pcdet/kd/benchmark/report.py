@@ -94,12 +94,15 @@ def final_markdown(bench, records, teachers, wall_note=""):
     """The markdown of the final table (val split)."""
     p = bench.preset
     d = p["data"]
-    lines = [f"# KD benchmark, preset `{bench.preset_name}` (val split)", "",
-             f"Synthetic KITTI-format dataset, generator seed {d['seed']}: {d['num_frames']} frames = "
+    lines = [f"# KD benchmark, preset `{bench.preset_name}` (val split)", ""]
+    if p.get("note"):
+        lines += [p["note"], ""]
+    lines += [f"Synthetic KITTI-format dataset, generator seed {d['seed']}: {d['num_frames']} frames = "
              f"{int(round(d['val_fraction'] * d['num_frames']))} val, "
              f"{int(round(d.get('tune_fraction', 0) * d['num_frames']))} tune, the rest train. Students train on "
-             f"train only, every choice was made on the tuning split (docs/results_{bench.preset_name}_tuning.md), "
-             f"and val is used for this table alone. Seeds {p['seeds']}, paired: a seed fixes the student's "
+             f"train only" + ("" if p.get("note") else f", every choice was made on the tuning split (docs/results_"
+                                                        f"{bench.preset_name}_tuning.md), and val is used for this "
+                                                        f"table alone") + f". Seeds {p['seeds']}, paired: a seed fixes the student's "
              f"initialisation and data order for every method. Batch {p['batch_size']}. {wall_note}", "",
              "mAP = mean over Car / Pedestrian / Cyclist of moderate AP R40 at the strict overlaps (0.7 / 0.5 / 0.5), "
              "in percent. Intervals are 95% Student-t intervals over seeds; the gain is the paired difference "
@@ -116,7 +119,7 @@ def final_markdown(bench, records, teachers, wall_note=""):
                          f"3D mAP {teacher['map3d_mod']:.2f}, BEV mAP {teacher['mapbev_mod']:.2f}, params "
                          f"{teacher['params'] / 1e6:.3f}M, {teacher['flops'] / 1e9:.2f} GFLOPs"
                          + (f"; its {t['longer']['epochs']}-epoch run reaches {t['longer']['map3d_mod']:.2f}" if t
-                            and t.get("longer") else "") + ".")
+                            and (t.get("longer") or {}).get("map3d_mod") is not None else "") + ".")
             lines.append("")
         lines += ["| student width | method | epochs | params | GFLOPs | 3D mAP mod [95% CI] | BEV mAP mod | "
                   + " | ".join(f"{c} 3D" for c in CLASSES) + " | paired gain [95% CI] | per-seed gains | gap closed |",
@@ -144,7 +147,7 @@ def final_markdown(bench, records, teachers, wall_note=""):
         for t in teachers:
             lines.append(f"| {t['name']} | {t['curve'][-1][0]} | "
                          + ", ".join(f"{e}: {v:.1f}" for e, v in t["curve"])
-                         + f" | {t['longer']['epochs']}: {t['longer']['map3d_mod']:.2f} |")
+                         + f" | {t['longer']['epochs']}: {_num(t['longer']['map3d_mod'])} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -219,8 +222,9 @@ def plot(bench, records, teachers, png_path):
     for t in teachers:
         e, v = zip(*t["curve"])
         ax2.plot(e, v, "-o", label=f"teacher {t['name']}")
-        ax2.plot([t["longer"]["epochs"]], [t["longer"]["map3d_mod"]], "*", markersize=10,
-                 label=f"{t['name']}, 1.5x schedule")
+        if t["longer"].get("map3d_mod") is not None:
+            ax2.plot([t["longer"]["epochs"]], [t["longer"]["map3d_mod"]], "*", markersize=10,
+                     label=f"{t['name']}, 1.5x schedule")
     for r in records:
         if r["method"] == "none" and r["curve"]:
             e, v = zip(*r["curve"])

@@ -177,6 +177,9 @@ class Runner:
         entries = {e["name"]: e for e in manifest["teachers"]}
         classes = None
         for run in [r for r in bench.runs if r.method == "teacher" and not r.longer]:
+            if not bench.result_path(run, "val").is_file():
+                self.log(f"zoo: {run.name} has no val result yet, not exported")
+                continue
             longer = next(r for r in bench.runs if r.longer and r.family == run.family)
             fam = bench.preset["families"][run.family]
             name = str(fam["teacher"]).split(":", 1)[1]
@@ -186,27 +189,47 @@ class Runner:
             for epoch in self.curve_epochs(run) + [run.epochs]:
                 res = json.loads(bench.result_path(run, "val", epoch).read_text())
                 curve.append([epoch, round(moderate_map(res["metrics"], classes), 3)])
-            res_longer = json.loads(bench.result_path(longer, "val").read_text())
+            longer_map = None       # the 1.5x run may still be training: exported again once it is done
+            if bench.result_path(longer, "val").is_file():
+                res_longer = json.loads(bench.result_path(longer, "val").read_text())
+                longer_map = round(moderate_map(res_longer["metrics"], classes), 3)
             final = json.loads(bench.result_path(run, "val").read_text())
-            extra = {"curve": curve, "longer": {"epochs": longer.epochs,
-                                                "map3d_mod": round(moderate_map(res_longer["metrics"], classes), 3)},
+            extra = {"curve": curve, "longer": {"epochs": longer.epochs, "map3d_mod": longer_map},
                      "val_map3d_mod": curve[-1][1],
                      "val_per_class_3d_mod": {c: round(final["metrics"][f"{c}_3d/moderate_R40"], 3) for c in classes},
                      "train_minutes": round(final.get("train_seconds", 0.0) / 60.0, 1)}
             rel_cfg = bench.base_cfg_file(run).relative_to(TOOLS_DIR.parent)
             out = Path(zoo_dir) / f"{name}.pth"
-            _, tag = export_zoo_checkpoint(bench.ckpt_path(run), cfg, rel_cfg, bench.data_dir, out, name,
-                                           run.family, fp16=fp16, extra=extra)
+            tag = _existing_tag(out, cfg, bench.data_dir)
+            if tag is None:     # results (curve, 1.5x run) live in the manifest: the weights are written once
+                _, tag = export_zoo_checkpoint(bench.ckpt_path(run), cfg, rel_cfg, bench.data_dir, out, name,
+                                               run.family, fp16=fp16)
             entries[name] = {"name": name, "family": run.family, "width": run.width, "cfg_file": str(rel_cfg),
                              "ckpt": out.name, "sha256": file_sha256(out), "size_bytes": out.stat().st_size,
                              "generator_version": tag["generator_version"], "config_hash": tag["config_hash"],
                              "data": tag["data"], **extra}
             self.log(f"zoo: {name} -> {out} ({out.stat().st_size / 1e6:.1f} MB), val 3D mAP mod {curve[-1][1]:.2f}, "
-                     f"1.5x epochs {extra['longer']['map3d_mod']:.2f}")
+                     f"{longer.epochs} epochs: {longer_map}")
         manifest["teachers"] = sorted(entries.values(), key=lambda e: e["name"])
         Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(manifest_path) + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
         tmp.replace(manifest_path)
         if classes is None:
-            raise BenchmarkError("export_teachers: the plan has no teacher runs (mode 'teachers' only)")
+            raise BenchmarkError("export_teachers: no teacher run of the plan has a val result")
+
+
+def _existing_tag(path, cfg, data_dir):
+    """The tag of an already exported zoo checkpoint at ``path`` if it matches ``cfg`` and the data, else None."""
+    from ...model_zoo import ZooError, config_hash, data_signature
+    from ...models.detectors.detector3d_template import CheckpointReadError, read_checkpoint
+
+    if not Path(path).is_file():
+        return None
+    try:
+        tag = read_checkpoint(path)[1].get("zoo")
+        if tag and tag.get("config_hash") == config_hash(cfg) and tag.get("data") == data_signature(data_dir):
+            return tag
+    except (CheckpointReadError, ZooError):
+        pass
+    return None
