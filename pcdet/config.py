@@ -8,10 +8,31 @@ of that directory are tried too, so configs written for OpenPCDet's ``tools/`` w
 The keys next to ``_BASE_CONFIG_`` override the base recursively.
 """
 import copy
+import re
 from pathlib import Path
 
 import yaml
 from easydict import EasyDict
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3``, ``3E5``, ``-2.5e+2`` and ``.5`` are numbers (YAML 1.1,
+    PyYAML's default, reads an exponent without a dot as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text_or_stream):
+    """``yaml.safe_load`` with YAML 1.2 floats (see ``_Loader``)."""
+    return yaml.load(text_or_stream, Loader=_Loader)  # noqa: S506  a SafeLoader subclass
 
 BASE_KEY = "_BASE_CONFIG_"
 
@@ -68,7 +89,7 @@ def load_yaml(path):
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, "r") as f:
-            raw = yaml.safe_load(f)
+            raw = yaml_load(f)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if raw is None:
@@ -88,7 +109,7 @@ def cfg_from_yaml_file(cfg_file, extra=None):
 
 def _typed_value(key, old, text):
     try:
-        new = yaml.safe_load(text) if isinstance(text, str) else text
+        new = yaml_load(text) if isinstance(text, str) else text
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: cannot parse value '{text}': {exc}") from exc
     if old is None or new is None:

@@ -68,3 +68,20 @@ def test_registry_did_you_mean():
     assert reg.get("PillarVFE") is PillarVFE
     with pytest.raises(KeyError, match="did you mean.*PillarVFE"):
         reg.get("PilarVFE")
+
+
+def test_numbers_parse_as_numbers_in_files_and_in_set(tmp_path):
+    """YAML 1.2 floats: 1e-3, 3E5, .5 and -2.5e+2 are numbers both in a config file and on --set (PyYAML's YAML 1.1
+    reads an exponent without a dot as a string, so `--set OPTIMIZATION.LR 1e-3` was refused)."""
+    from pcdet.config import ConfigError, cfg_from_list, cfg_from_yaml_file
+
+    f = tmp_path / "c.yaml"
+    f.write_text("OPTIMIZATION: {LR: 3e-3, WD: .5, N: -2, BIG: 3E5, NEG: -2.5e+2, NAME: 1e, FLAG: true}\n")
+    cfg = cfg_from_yaml_file(f)
+    o = cfg.OPTIMIZATION
+    assert (o.LR, o.WD, o.N, o.BIG, o.NEG, o.NAME, o.FLAG) == (0.003, 0.5, -2, 300000.0, -250.0, "1e", True)
+    assert isinstance(o.LR, float) and isinstance(o.N, int)
+    cfg_from_list(["OPTIMIZATION.LR", "1e-3", "OPTIMIZATION.WD", "-.25", "OPTIMIZATION.N", "7"], cfg)
+    assert (o.LR, o.WD, o.N) == (0.001, -0.25, 7)
+    with pytest.raises(ConfigError, match="expected float"):
+        cfg_from_list(["OPTIMIZATION.LR", "fast"], cfg)

@@ -123,6 +123,9 @@ def repeat_eval_ckpt(cfg, args, test_set, test_loader, output_dir, ckpt_dir, dis
     if tb_log is not None:
         tb_log.close()
     if not results:
+        if not checkpoint_utils.list_epoch_checkpoints(ckpt_dir):
+            raise SystemExit(f"--eval_all: no checkpoint_epoch_*.pth in {ckpt_dir} (waited "
+                             f"{args.max_waiting_mins} min); nothing was evaluated")
         logger.info(f"no checkpoint left to evaluate in {ckpt_dir} (already evaluated: {sorted(done)})")
     return results
 
@@ -170,6 +173,10 @@ def run(args, cfg, dist_test, world_size, rank, device):
         dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, batch_size=args.batch_size, dist=dist_test,
         workers=args.workers, logger=logger, training=False,
     )
+    if len(test_set) == 0:
+        raise SystemExit(f"test.py: the '{split}' split of {cfg.DATA_CONFIG.get('DATA_PATH')} has 0 frames "
+                         f"(INFO_PATH.test: {list(cfg.DATA_CONFIG.get('INFO_PATH', {}).get('test', []))}); "
+                         f"nothing to evaluate")
     if args.eval_all:
         ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else output_dir / "ckpt"
         if not os.path.isdir(ckpt_dir):

@@ -6,7 +6,6 @@ point feature encoder, the side processors (see ``register_side_processor``) and
 ``collate_batch`` stacks samples into the ``batch_dict`` declared in ``pcdet/models/batch_keys.py``.
 """
 import copy
-import pickle
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data as torch_data
 
+from .info_io import write_pickle
 from ..models import batch_keys as K
 from ..utils import box_utils, common_utils
 from .augmentor.data_augmentor import DataAugmentor
@@ -122,8 +122,7 @@ class DatasetTemplate(torch_data.Dataset):
         if logger is not None:
             for name, entries in all_db_infos.items():
                 logger.info(f"Database {name}: {len(entries)}")
-        with open(db_info_save_path, "wb") as f:
-            pickle.dump(all_db_infos, f)
+        write_pickle(db_info_save_path, all_db_infos)
         return all_db_infos
 
     def __getitem__(self, index):

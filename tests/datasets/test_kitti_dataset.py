@@ -211,14 +211,14 @@ def test_side_processor_sees_the_same_augmented_scene(kitti_root):
 
 def test_bad_velodyne_size_names_file(tmp_path):
     root = make_kitti_root(tmp_path, {"000007": (b"\0" * 20, [CAR])}, ["000007"], ["000007"])
-    ds = KittiDataset(_cfg(), CLASSES, training=False, root_path=root)
+    ds = KittiDataset(_cfg(), CLASSES, training=False, root_path=root, load_infos=False)
     with pytest.raises(ValueError, match=r"000007\.bin: 20 bytes is not a multiple of 4 \* 4"):
         ds.get_lidar("000007")
 
 
 def test_missing_label_and_calib_name_frame_and_path(tmp_path):
     root = make_kitti_root(tmp_path, {"000003": (_front_points(5), None)}, ["000003"], ["000003"])
-    ds = KittiDataset(_cfg(), CLASSES, training=False, root_path=root)
+    ds = KittiDataset(_cfg(), CLASSES, training=False, root_path=root, load_infos=False)
     with pytest.raises(FileNotFoundError, match=r"frame 000003: label file not found: .*label_2/000003\.txt"):
         ds.get_infos(num_workers=1)
     (root / "training" / "calib" / "000003.txt").unlink()

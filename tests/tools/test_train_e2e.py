@@ -93,6 +93,33 @@ def test_test_py_single_and_eval_all(trained, data_root):
     assert "no checkpoint left to evaluate" in proc.stdout + proc.stderr
 
 
+def _fails(args, timeout=120):
+    proc = subprocess.run([sys.executable] + args, cwd=TOOLS, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode != 0, f"{args[:2]} should have failed:\n{proc.stdout[-2000:]}"
+    return proc.stdout + proc.stderr
+
+
+def test_test_py_refuses_missing_infos_empty_split_and_empty_ckpt_folder(trained, data_root, tmp_path):
+    out, exp = trained
+    ckpt = ["--ckpt", str(exp / "ckpt" / "checkpoint_epoch_1.pth")]
+    text = _fails(["test.py"] + _common(out, data_root, "bad") + ckpt + _set(data_root)
+                  + ["DATA_CONFIG.INFO_PATH.test", "['kitti_infos_nope.pkl']"])
+    assert "kitti_infos_nope.pkl not found" in text and "create_kitti_infos" in text
+    empty = data_root / "kitti_infos_empty.pkl"
+    empty.write_bytes(pickle.dumps([]))
+    text = _fails(["test.py"] + _common(out, data_root, "bad") + ckpt + _set(data_root)
+                  + ["DATA_CONFIG.INFO_PATH.test", "['kitti_infos_empty.pkl']"])
+    assert "split of" in text and "has 0 frames" in text
+    (data_root / "kitti_infos_torn.pkl").write_bytes((data_root / "kitti_infos_val.pkl").read_bytes()[:200])
+    text = _fails(["test.py"] + _common(out, data_root, "bad") + ckpt + _set(data_root)
+                  + ["DATA_CONFIG.INFO_PATH.test", "['kitti_infos_torn.pkl']"])
+    assert "kitti_infos_torn.pkl is truncated or not a pickle" in text
+    (tmp_path / "no_ckpt").mkdir()
+    text = _fails(["test.py"] + _common(out, data_root, "bad") + ["--eval_all", "--ckpt_dir", str(tmp_path / "no_ckpt")]
+                  + _set(data_root))
+    assert "no checkpoint_epoch_*.pth in" in text and "nothing was evaluated" in text
+
+
 def test_demo_on_npy_points_writes_png_and_json(trained, data_root, tmp_path):
     _, exp = trained
     points = np.fromfile(data_root / "training" / "velodyne" / "000001.bin", dtype=np.float32).reshape(-1, 4)

@@ -7,11 +7,11 @@ Config keys (OpenPCDet): ``DB_INFO_PATH`` (list of pickles relative to the datas
 Each database entry (``kitti_dbinfos_train.pkl``) is a dict with ``name``, ``path`` (object points relative
 to the box centre), ``box3d_lidar`` (7,), ``num_points_in_gt``, ``difficulty``.
 """
-import pickle
 from pathlib import Path
 
 import numpy as np
 
+from ..info_io import read_pickle
 from ...models import batch_keys as K
 from ...ops.iou3d_nms import iou3d_nms_utils
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
@@ -65,13 +65,7 @@ class DataBaseSampler:
 
         self.db_infos = {name: [] for name in class_names}
         for db_info_path in sampler_cfg.DB_INFO_PATH:
-            path = self.root_path / db_info_path
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"gt_sampling.DB_INFO_PATH: {path} not found; create it with "
-                    f"`python -m pcdet.datasets.kitti.kitti_dataset create_kitti_infos <dataset cfg>`")
-            with open(path, "rb") as f:
-                infos = pickle.load(f)
+            infos = read_pickle(self.root_path / db_info_path, dict, "gt_sampling.DB_INFO_PATH database file")
             for name in class_names:
                 self.db_infos[name].extend(infos.get(name, []))
 

@@ -12,12 +12,12 @@ Create the infos and the GT database with::
 """
 import argparse
 import copy
-import pickle
 from concurrent import futures
 from pathlib import Path
 
 import numpy as np
 
+from ..info_io import read_pickle, write_pickle
 from ...config import cfg_from_yaml_file
 from ...models import batch_keys as K
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
@@ -33,7 +33,8 @@ _MAX_LISTED_MISSING = 20
 class KittiDataset(DatasetTemplate):
     """KITTI dataset. Infos (``INFO_PATH[mode]`` pickles under the root) drive ``__getitem__``."""
 
-    def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):
+    def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None, load_infos=True):
+        """``load_infos=False``: do not read ``INFO_PATH`` (``create_kitti_infos`` builds them)."""
         super().__init__(dataset_cfg=dataset_cfg, class_names=class_names, training=training,
                          root_path=root_path, logger=logger)
         self.num_point_features_raw = len(dataset_cfg.POINT_FEATURE_ENCODING.src_feature_list)
@@ -41,7 +42,8 @@ class KittiDataset(DatasetTemplate):
         self.root_split_path = self.root_path / ("training" if self.split != "test" else "testing")
         self.sample_id_list = self._read_split(self.split)
         self.kitti_infos = []
-        self.include_kitti_data(self.mode)
+        if load_infos:
+            self.include_kitti_data(self.mode)
 
     # ------------------------------------------------------------------ splits and infos
     def _read_split(self, split):
@@ -66,15 +68,10 @@ class KittiDataset(DatasetTemplate):
         self.sample_id_list = self._read_split(split)
 
     def include_kitti_data(self, mode):
-        """Load the info pickles listed in ``INFO_PATH[mode]``; absent files are skipped with a log line."""
+        """Load the info pickles listed in ``INFO_PATH[mode]``; a missing, truncated or wrong-type file is an
+        InfoFileError naming it and the command that rebuilds it."""
         for info_path in self.dataset_cfg.INFO_PATH[mode]:
-            info_path = self.root_path / info_path
-            if not info_path.is_file():
-                if self.logger is not None:
-                    self.logger.info(f"KITTI info file {info_path} not found, skipped")
-                continue
-            with open(info_path, "rb") as f:
-                self.kitti_infos.extend(pickle.load(f))
+            self.kitti_infos.extend(read_pickle(self.root_path / info_path, list, f"KITTI info file ({mode})"))
         if self.logger is not None:
             self.logger.info(f"Total samples for KITTI dataset ({mode}): {len(self.kitti_infos)}")
 
@@ -180,8 +177,7 @@ class KittiDataset(DatasetTemplate):
         database_save_path = self.root_path / ("gt_database" if split == "train" else f"gt_database_{split}")
         db_info_save_path = self.root_path / f"kitti_dbinfos_{split}.pkl"
         database_save_path.mkdir(parents=True, exist_ok=True)
-        with open(info_path, "rb") as f:
-            infos = pickle.load(f)
+        infos = read_pickle(info_path, list, "KITTI info file")
 
         def _one(info):
             sample_idx = info["point_cloud"]["lidar_idx"]
@@ -284,7 +280,8 @@ def create_kitti_infos(dataset_cfg, class_names, data_path, save_path, workers=4
     """
     data_path, save_path = Path(data_path), Path(save_path)
     save_path.mkdir(parents=True, exist_ok=True)
-    dataset = KittiDataset(dataset_cfg=dataset_cfg, class_names=class_names, root_path=data_path, training=False)
+    dataset = KittiDataset(dataset_cfg=dataset_cfg, class_names=class_names, root_path=data_path, training=False,
+                           load_infos=False)
     counts = {}
     split_infos = {}
     for split, has_label in (("train", True), ("val", True), ("tune", True), ("test", False)):
@@ -293,14 +290,12 @@ def create_kitti_infos(dataset_cfg, class_names, data_path, save_path, workers=4
             print(f"---------------- ImageSets/{split}.txt not found, skipping the {split} split ----------------")
             continue
         infos = dataset.get_infos(num_workers=workers, has_label=has_label, count_inside_pts=has_label)
-        with open(save_path / f"kitti_infos_{split}.pkl", "wb") as f:
-            pickle.dump(infos, f)
+        write_pickle(save_path / f"kitti_infos_{split}.pkl", infos)
         split_infos[split] = infos
         counts[split] = len(infos)
         print(f"Kitti info {split} file is saved to {save_path / f'kitti_infos_{split}.pkl'} ({len(infos)} frames)")
     if "train" in split_infos and "val" in split_infos:
-        with open(save_path / "kitti_infos_trainval.pkl", "wb") as f:
-            pickle.dump(split_infos["train"] + split_infos["val"], f)
+        write_pickle(save_path / "kitti_infos_trainval.pkl", split_infos["train"] + split_infos["val"])
         counts["trainval"] = len(split_infos["train"]) + len(split_infos["val"])
         print(f"Kitti info trainval file is saved to {save_path / 'kitti_infos_trainval.pkl'}")
     if "train" in split_infos:

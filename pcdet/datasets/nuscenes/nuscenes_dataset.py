@@ -21,12 +21,12 @@ the in-project implementation of the same metric (``nuscenes_utils.nuscenes_dete
 import argparse
 import copy
 import json
-import pickle
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..info_io import REBUILD_NUSCENES, read_pickle, write_pickle
 from ...config import cfg_from_yaml_file
 from ...models import batch_keys as K
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
@@ -50,15 +50,11 @@ class NuScenesDataset(DatasetTemplate):
 
     # ------------------------------------------------------------------ infos
     def include_nuscenes_data(self, mode):
-        """Load the info pickles of ``INFO_PATH[mode]`` (relative to the root); absent files are logged."""
+        """Load the info pickles of ``INFO_PATH[mode]`` (relative to the root); a missing, truncated or
+        wrong-type file is an InfoFileError naming it."""
         for info_path in self.dataset_cfg.INFO_PATH[mode]:
-            info_path = self.root_path / info_path
-            if not info_path.is_file():
-                if self.logger is not None:
-                    self.logger.info(f"nuScenes info file {info_path} not found, skipped")
-                continue
-            with open(info_path, "rb") as f:
-                self.infos.extend(pickle.load(f))
+            self.infos.extend(read_pickle(self.root_path / info_path, list, f"nuScenes info file ({mode})",
+                                          REBUILD_NUSCENES))
         if self.logger is not None:
             self.logger.info(f"Total samples for NuScenes dataset ({mode}): {len(self.infos)}")
 
@@ -255,8 +251,7 @@ def create_nuscenes_infos(version, base_path, max_sweeps=10, dataset_cfg=None,
     for split, scenes in splits:
         infos = nuscenes_utils.fill_infos(nusc, root, scenes, with_annotations=not test, max_sweeps=max_sweeps)
         out = root / f"nuscenes_infos_{max_sweeps}sweeps_{split}.pkl"
-        with open(out, "wb") as f:
-            pickle.dump(infos, f)
+        write_pickle(out, infos)
         counts[split] = len(infos)
         print(f"nuScenes {version} {split}: {len(infos)} samples saved to {out}")
     if dataset_cfg is not None and not test:

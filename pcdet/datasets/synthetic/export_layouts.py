@@ -33,7 +33,6 @@ Waymo-like (OpenPCDet's processed layout)::
 """
 import argparse
 import json
-import pickle
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from easydict import EasyDict
 
+from ..info_io import write_pickle
 from .generate import generate_frame
 from .raycast import count_points_in_boxes
 from .scene import get_preset
@@ -192,8 +192,7 @@ def export_nuscenes_like(out_dir, num_frames, seed, val_fraction=0.25, preset="d
                           "gt_boxes_token": np.array([f"{token}_{k}" for k in range(m)]),
                           "num_lidar_pts": frame["num_points"], "num_radar_pts": np.zeros(m, dtype=np.int64)})
             tables.add_sample(split, token, str(rel), int(index * FRAME_PERIOD_S * 1e6), frame)
-        with open(root / f"nuscenes_infos_{max_sweeps}sweeps_{split}.pkl", "wb") as f:
-            pickle.dump(infos, f)
+        write_pickle(root / f"nuscenes_infos_{max_sweeps}sweeps_{split}.pkl", infos)
         counts[split] = len(infos)
     tables.write()
     cfg = EasyDict(dict(_dataset_cfg_base(), DATASET="NuScenesDataset", VERSION=NUSCENES_VERSION,
@@ -245,8 +244,7 @@ def export_waymo_like(out_dir, num_frames, seed, val_fraction=0.25, preset="defa
                               "metadata": {"context_name": seq, "synthetic_frame": index,
                                            "timestamp_micros": int(k * FRAME_PERIOD_S * 1e6)},
                               "annos": annos})
-            with open(seq_dir / f"{seq}.pkl", "wb") as f:
-                pickle.dump(infos, f)
+            write_pickle(seq_dir / f"{seq}.pkl", infos)
         with open(root / "ImageSets" / f"{split}.txt", "w") as f:
             f.write("".join(n + "\n" for n in names))
     cfg = EasyDict(dict(_dataset_cfg_base(), DATASET="WaymoDataset", PROCESSED_DATA_TAG=WAYMO_TAG,

@@ -26,7 +26,6 @@ infos and the GT database with::
 """
 import argparse
 import copy
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from ...utils import common_utils
 from .. import DATASETS
 from ..dataset import DatasetTemplate, resolve_data_path
+from ..info_io import REBUILD_WAYMO, read_pickle, write_pickle
 from . import waymo_eval
 
 WAYMO_CLASSES = ["Vehicle", "Pedestrian", "Cyclist"]
@@ -86,8 +86,7 @@ class WaymoDataset(DatasetTemplate):
             if not info_path.is_file():
                 missing.append(seq)
                 continue
-            with open(info_path, "rb") as f:
-                infos.extend(pickle.load(f))
+            infos.extend(read_pickle(info_path, list, "Waymo sequence info file", REBUILD_WAYMO))
         if missing and self.logger is not None:
             self.logger.warning(f"Waymo: {len(missing)} of {len(self.sample_sequence_list)} sequences of split "
                                 f"'{self.split}' have no infos under {self.data_path} (first: {missing[0]})")
@@ -162,8 +161,7 @@ class WaymoDataset(DatasetTemplate):
         database_save_path = Path(save_path) / f"{tag}_gt_database_{split}_sampled_{sampled_interval}"
         db_info_save_path = Path(save_path) / f"{tag}_waymo_dbinfos_{split}_sampled_{sampled_interval}.pkl"
         database_save_path.mkdir(parents=True, exist_ok=True)
-        with open(info_path, "rb") as f:
-            infos = pickle.load(f)
+        infos = read_pickle(info_path, list, "Waymo info file", REBUILD_WAYMO)
         all_db_infos = {}
         for info in infos[::sampled_interval]:
             pc_info = info["point_cloud"]
@@ -207,8 +205,7 @@ def collect_split_infos(root_path, processed_tag, split):
         if not path.is_file():
             missing.append(seq)
             continue
-        with open(path, "rb") as f:
-            infos.extend(pickle.load(f))
+        infos.extend(read_pickle(path, list, "Waymo sequence info file", REBUILD_WAYMO))
     if missing:
         print(f"Waymo {split}: {len(missing)} sequences without processed infos skipped (first: {missing[0]})")
     return infos
@@ -223,8 +220,7 @@ def create_waymo_infos_from_processed(dataset_cfg, root_path, class_names=WAYMO_
         if not (root_path / "ImageSets" / f"{split}.txt").is_file():
             continue
         infos = collect_split_infos(root_path, tag, split)
-        with open(root_path / f"{tag}_infos_{split}.pkl", "wb") as f:
-            pickle.dump(infos, f)
+        write_pickle(root_path / f"{tag}_infos_{split}.pkl", infos)
         counts[split] = len(infos)
         print(f"Waymo info {split} file is saved to {root_path / f'{tag}_infos_{split}.pkl'} ({len(infos)} frames)")
     if "train" in counts:

@@ -6,11 +6,12 @@ Needs the optional ``waymo-open-dataset`` package (and TensorFlow), imported onl
 all five LiDARs, vehicle frame) and ``<sequence>.pkl`` (frame infos, see ``waymo_dataset``).
 """
 import importlib.util
-import pickle
 from concurrent import futures
 from pathlib import Path
 
 import numpy as np
+
+from ..info_io import REBUILD_WAYMO, read_pickle, write_pickle
 
 # Label.Type enum of the Waymo protos.
 WAYMO_TYPE_NAMES = {0: "unknown", 1: "Vehicle", 2: "Pedestrian", 3: "Sign", 4: "Cyclist"}
@@ -88,8 +89,7 @@ def convert_sequence(sequence_file, save_path, has_label=True):
     out_dir = Path(save_path) / sequence_name
     pkl_file = out_dir / f"{sequence_name}.pkl"
     if pkl_file.is_file():
-        with open(pkl_file, "rb") as f:
-            return pickle.load(f)
+        return read_pickle(pkl_file, list, "Waymo sequence info file", REBUILD_WAYMO)
     if not sequence_file.is_file():
         raise FileNotFoundError(f"Waymo tfrecord not found: {sequence_file}")
     tf, dataset_pb2, frame_utils = import_waymo()
@@ -107,8 +107,7 @@ def convert_sequence(sequence_file, save_path, has_label=True):
         if has_label:
             info["annos"] = frame_annos(frame)
         infos.append(info)
-    with open(pkl_file, "wb") as f:
-        pickle.dump(infos, f)
+    write_pickle(pkl_file, infos)
     return infos
 
 
