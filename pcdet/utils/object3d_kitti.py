@@ -42,7 +42,7 @@ class Object3d:
     """One KITTI label line; ``h, w, l`` in metres, ``loc`` (3,) bottom centre in rect camera, ``ry`` yaw."""
 
     def __init__(self, line):
-        fields = line.strip().split(" ")
+        fields = line.split()   # any whitespace: single spaces in KITTI, but tools write tabs or double spaces
         if len(fields) < 15:
             raise ValueError(f"label line has {len(fields)} fields, expected 15 or 16: '{line.strip()}'")
         self.src = line
@@ -59,6 +59,14 @@ class Object3d:
         self.dis_to_cam = float(np.linalg.norm(self.loc))
         self.ry = float(fields[14])
         self.score = float(fields[15]) if len(fields) >= 16 else -1.0
+        if self.cls_type != "DontCare":   # DontCare regions carry -1 sizes and -1000 locations by convention
+            dims = {"h": self.h, "w": self.w, "l": self.l}
+            bad = {k: v for k, v in dims.items() if not (np.isfinite(v) and v > 0)}
+            if bad:
+                raise ValueError(f"{self.cls_type}: box size must be finite and positive, got "
+                                 + ", ".join(f"{k}={v}" for k, v in bad.items()) + f": '{line.strip()}'")
+            if not (np.isfinite(self.loc).all() and np.isfinite(self.ry)):
+                raise ValueError(f"{self.cls_type}: location / rotation_y must be finite: '{line.strip()}'")
         self.level = kitti_difficulty(self.box2d[3] - self.box2d[1] + 1, self.truncation, self.occlusion)
         self.level_str = {0: "Easy", 1: "Moderate", 2: "Hard"}.get(self.level, "UnKnown")
 

@@ -332,3 +332,35 @@ def test_evaluation_pairs_gt_and_detections_by_frame_id(kitti_root, monkeypatch)
     assert captured["dt"][0]["frame_id"] == "000001" and captured["classes"] == CLASSES
     with pytest.raises(KeyError, match="frames without infos: \\['000042'\\]"):
         ds.evaluation([{"frame_id": "000042", "name": np.array([])}], CLASSES)
+
+
+def test_label_lines_split_on_any_whitespace_and_bad_sizes_name_file_and_line(tmp_path):
+    from pcdet.utils.object3d_kitti import get_objects_from_label
+
+    f = tmp_path / "000001.txt"
+    f.write_text(CAR.replace(" ", "  ", 3).replace("1.60", "1.60\t") + "\n" + DONTCARE + "\n")
+    objs = get_objects_from_label(f)
+    assert [o.cls_type for o in objs] == ["Car", "DontCare"] and (objs[0].h, objs[0].w, objs[0].l) == (1.5, 1.6, 4.0)
+    for bad, msg in (("1.60", "w=nan"), ("4.00", "l=-4.0"), ("1.50 1.60", "h=0.0")):
+        line = CAR.replace(bad, {"w=nan": "nan", "l=-4.0": "-4.00", "h=0.0": "0.0 1.60"}[msg], 1)
+        f.write_text(PED + "\n" + line + "\n")
+        with pytest.raises(ValueError, match=rf"000001\.txt:2: Car: box size must be finite and positive, got {msg}"):
+            get_objects_from_label(f)
+
+
+def test_empty_scan_in_a_labelled_frame_warns_once_per_frame(tmp_path):
+    from pcdet.datasets.kitti.kitti_dataset import EmptyScanWarning
+
+    root = make_kitti_root(tmp_path, {"000000": (np.zeros((0, 4)), [CAR]), "000001": (_front_points(50), [CAR])},
+                           ["000000", "000001"], ["000000"])
+    with pytest.warns(EmptyScanWarning, match=r"KITTI frame 000000: velodyne/000000\.bin has 0 points .*info building"):
+        create_kitti_infos(_cfg(), CLASSES, root, root, workers=1)
+    ds = KittiDataset(_cfg(), CLASSES, training=False, root_path=root)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds[0]
+        ds[0]
+    empty = [w for w in caught if issubclass(w.category, EmptyScanWarning)]
+    assert len(empty) == 1 and "(loading)" in str(empty[0].message)

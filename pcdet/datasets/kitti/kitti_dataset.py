@@ -12,22 +12,40 @@ Create the infos and the GT database with::
 """
 import argparse
 import copy
+import warnings
 from concurrent import futures
 from pathlib import Path
 
 import numpy as np
 
-from ..info_io import read_pickle, write_pickle
 from ...config import cfg_from_yaml_file
 from ...models import batch_keys as K
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from ...utils import box_utils, calibration_kitti, common_utils, object3d_kitti
 from .. import DATASETS
 from ..dataset import DatasetTemplate, resolve_data_path
+from ..info_io import read_pickle, write_pickle
 from . import kitti_utils
 
 KITTI_CLASSES = ["Car", "Pedestrian", "Cyclist"]
 _MAX_LISTED_MISSING = 20
+
+
+class EmptyScanWarning(UserWarning):
+    """A labelled frame whose scan holds no point."""
+
+
+def warn_empty_scan(dataset, frame_id, when):
+    """Warn once per frame and dataset object that a labelled frame has an empty scan."""
+    seen = dataset.__dict__.setdefault("_empty_scans_warned", set())
+    if frame_id in seen:
+        return
+    seen.add(frame_id)
+    msg = (f"KITTI frame {frame_id}: velodyne/{frame_id}.bin has 0 points but the frame is labelled ({when}); "
+           f"its boxes can never be detected")
+    warnings.warn(EmptyScanWarning(msg), stacklevel=2)
+    if getattr(dataset, "logger", None) is not None:
+        dataset.logger.warning(msg)
 
 
 class KittiDataset(DatasetTemplate):
@@ -145,6 +163,8 @@ class KittiDataset(DatasetTemplate):
 
         if count_inside_pts:
             points = self.get_lidar(sample_idx)
+            if points.shape[0] == 0:
+                warn_empty_scan(self, sample_idx, "info building")
             fov_flag = self.get_fov_flag(calib.lidar_to_rect(points[:, 0:3]), info["image"]["image_shape"], calib)
             pts_fov = points[fov_flag]
             num_points_in_gt = -np.ones(len(obj_list), dtype=np.int32)
@@ -232,8 +252,14 @@ class KittiDataset(DatasetTemplate):
                                           axis=1).astype(np.float32)
             input_dict[K.GT_NAMES] = annos["name"]
             input_dict[K.GT_BOXES] = box_utils.boxes3d_kitti_camera_to_lidar(boxes_camera, calib).reshape(-1, 7)
+        if "annos" in info and not np.isfinite(input_dict[K.GT_BOXES]).all():
+            bad = np.where(~np.isfinite(input_dict[K.GT_BOXES]).all(axis=1))[0].tolist()
+            raise ValueError(f"KITTI frame {sample_idx}: non-finite GT boxes at rows {bad} of its info "
+                             f"(label_2/{sample_idx}.txt); fix the label and rebuild the infos")
         if "points" in get_item_list:
             points = self.get_lidar(sample_idx)
+            if points.shape[0] == 0 and "annos" in info:
+                warn_empty_scan(self, sample_idx, "loading")
             if self.dataset_cfg.get("FOV_POINTS_ONLY", True) and points.shape[0] > 0:
                 finite = np.isfinite(points).all(axis=1)
                 fov = np.zeros(points.shape[0], dtype=bool)
