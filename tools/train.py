@@ -173,7 +173,10 @@ def run(args, cfg, dist_train, world_size, rank, device):
     optimizer = build_optimizer(model, cfg.OPTIMIZATION)
 
     start_epoch, start_iter = 0, 0
-    resume_from = resume_state(ckpt_dir, args.ckpt)
+    if rank == 0:
+        for stale in checkpoint_utils.remove_stale_temp_files(ckpt_dir):
+            logger.warning(f"removed {stale}: the temporary file of an interrupted checkpoint save")
+    resume_from = resume_state(ckpt_dir, args.ckpt, logger=logger)
     if resume_from is not None:
         start_iter, start_epoch = checkpoint_utils.load_for_resume(
             model, optimizer, resume_from, map_location=device, logger=logger
@@ -190,6 +193,9 @@ def run(args, cfg, dist_train, world_size, rank, device):
     total_it_each_epoch = len(train_loader)
     if args.max_iters_per_epoch is not None:
         total_it_each_epoch = min(total_it_each_epoch, args.max_iters_per_epoch)
+    if resume_from is not None:
+        saved = checkpoint_utils.load_checkpoint(resume_from).get("it_per_epoch")
+        checkpoint_utils.check_resume_schedule(resume_from, start_iter, start_epoch, saved, total_it_each_epoch)
     kd_model = model.module if hasattr(model, "module") else model
     if hasattr(kd_model, "set_schedule"):
         kd_model.set_schedule(total_it_each_epoch * args.epochs)  # KD.WARMUP is a fraction of the whole run

@@ -31,8 +31,12 @@ def _cpu_state(state_dict):
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state_dict.items()}
 
 
-def checkpoint_state(model=None, optimizer=None, epoch=None, it=None):
-    """The checkpoint dict for ``model`` (DDP unwrapped, tensors moved to CPU) and ``optimizer``."""
+def checkpoint_state(model=None, optimizer=None, epoch=None, it=None, it_per_epoch=None):
+    """The checkpoint dict for ``model`` (DDP unwrapped, tensors moved to CPU) and ``optimizer``.
+
+    ``it_per_epoch``: optimizer steps per epoch of the run (batch size, processes and --max_iters_per_epoch fix
+    it); resuming checks it, since the schedule and the position in the epoch depend on it.
+    """
     model_state = _cpu_state(unwrap_model(model).state_dict()) if model is not None else None
     optim_state = optimizer.state_dict() if optimizer is not None else None
     return {
@@ -40,8 +44,47 @@ def checkpoint_state(model=None, optimizer=None, epoch=None, it=None):
         "optimizer_state": optim_state,
         "epoch": epoch,
         "it": it,
+        "it_per_epoch": it_per_epoch,
         "version": f"pcdet+{__version__}",
     }
+
+
+def file_mode():
+    """Permission bits of a new file under the process umask (0o666 & ~umask); mkstemp's own are 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def remove_stale_temp_files(ckpt_dir):
+    """Delete the temporary files of interrupted saves (``*.pth.*.tmp``) in ``ckpt_dir``; return them.
+
+    Called when a run starts, before it writes any checkpoint of its own."""
+    doomed = glob.glob(os.path.join(str(ckpt_dir), "*.pth.*" + TMP_SUFFIX))
+    for f in doomed:
+        os.remove(f)
+    return sorted(doomed)
+
+
+def check_resume_schedule(filename, it, epoch, saved_it_per_epoch, it_per_epoch):
+    """Refuse to resume when the run's iterations per epoch differ from the checkpoint's.
+
+    The one-cycle / step schedules are functions of the global step over ``it_per_epoch * epochs`` steps, and the
+    batches to skip in a mid-epoch checkpoint are counted in iterations: with another batch size (or process
+    count, or --max_iters_per_epoch) neither can be continued. Checkpoints written before ``it_per_epoch`` was
+    stored are checked through ``it / epoch`` when they end an epoch. Raises CheckpointError.
+    """
+    saved = saved_it_per_epoch
+    if saved is None and epoch and it % epoch == 0 and epoch_of(filename) == epoch:
+        saved = it // epoch
+    if saved is None or int(saved) == int(it_per_epoch):
+        return
+    raise CheckpointError(
+        f"{filename}: cannot resume: it was trained with {saved} iterations per epoch (epoch {epoch}, iteration "
+        f"{it}), this run has {it_per_epoch} (another --batch_size, number of processes or "
+        f"--max_iters_per_epoch); its learning-rate schedule and its place in the epoch cannot be continued. "
+        f"Resume with the original settings, or start a new run (another --extra_tag, or --pretrained_model "
+        f"{filename} to start from its weights)")
 
 
 def save_checkpoint(state, filename):
@@ -61,6 +104,7 @@ def save_checkpoint(state, filename):
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, filename)
     except BaseException:
         if os.path.exists(tmp_path):

@@ -98,3 +98,28 @@ def test_load_errors_name_the_file(tmp_path):
     bigger = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     with pytest.raises(cu.CheckpointError, match="small.pth: model state does not fit"):
         cu.load_for_resume(bigger, None, tmp_path / "small.pth")
+
+
+def test_resume_schedule_check_and_umask(tmp_path):
+    import os
+
+    import pytest
+
+    from pcdet.utils import checkpoint_utils as cu
+
+    cu.check_resume_schedule("x/checkpoint_epoch_2.pth", 20, 2, 10, 10)            # same: fine
+    cu.check_resume_schedule("x/checkpoint_epoch_2.pth", 20, 2, None, 10)          # legacy, inferred 20 / 2
+    with pytest.raises(cu.CheckpointError, match="trained with 10 iterations per epoch .* this run has 7"):
+        cu.check_resume_schedule("x/checkpoint_epoch_2.pth", 20, 2, None, 7)
+    with pytest.raises(cu.CheckpointError, match="trained with 10 iterations per epoch"):
+        cu.check_resume_schedule("x/latest_model.pth", 25, 2, 10, 12)
+    cu.check_resume_schedule("x/latest_model.pth", 25, 2, None, 12)                # legacy mid-epoch: unknown
+    old = os.umask(0o027)
+    try:
+        path = cu.save_checkpoint({"model_state": {}}, tmp_path / "c.pth")
+        assert os.stat(path).st_mode & 0o777 == 0o640 == cu.file_mode()
+    finally:
+        os.umask(old)
+    (tmp_path / "c.pth.zz.tmp").write_bytes(b"x")
+    assert cu.remove_stale_temp_files(tmp_path) == [str(tmp_path / "c.pth.zz.tmp")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pth"]

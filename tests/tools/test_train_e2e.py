@@ -163,8 +163,30 @@ def test_killed_run_resumes_from_latest_complete_checkpoint(tmp_path, data_root)
         in log
     assert f"epochs {max(done)}->3" in log
     final = checkpoint_utils.load_checkpoint(ckpt_dir / "checkpoint_epoch_3.pth")
-    assert (final["epoch"], final["it"]) == (3, 3)
+    assert (final["epoch"], final["it"]) == (3, 3) and final["it_per_epoch"] == 1
     assert not list(ckpt_dir.glob("*.tmp"))
+    assert (ckpt_dir / "checkpoint_epoch_3.pth").stat().st_mode & 0o777 == checkpoint_utils.file_mode()
+
+    # another number of iterations per epoch cannot continue the schedule: refused, nothing written
+    longer = [a for a in args]
+    longer[longer.index("--epochs") + 1] = "5"
+    longer[longer.index("--max_iters_per_epoch") + 1] = "2"
+    proc = subprocess.run([sys.executable] + longer, cwd=TOOLS, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "cannot resume: it was trained with 1 iterations per epoch (epoch 3, iteration 3), this run has 2" \
+        in proc.stdout + proc.stderr
+    assert checkpoint_utils.epoch_of(checkpoint_utils.list_epoch_checkpoints(ckpt_dir)[-1]) == 3
+    # a torn newer checkpoint is skipped with a warning, and a killed save's temp file is removed
+    (ckpt_dir / "checkpoint_epoch_4.pth").write_bytes(b"torn")
+    (ckpt_dir / "checkpoint_epoch_4.pth.abc123.tmp").write_bytes(b"partial")
+    longer[longer.index("--epochs") + 1] = "4"
+    longer[longer.index("--max_iters_per_epoch") + 1] = "1"
+    _run(longer)
+    log = "".join(p.read_text() for p in (out / EXP / "resume" / "log").glob("train_*.log"))
+    assert "skipping unreadable checkpoint while looking for one to resume" in log and "checkpoint_epoch_4.pth" in log
+    assert "the temporary file of an interrupted checkpoint save" in log
+    assert not list(ckpt_dir.glob("*.tmp"))
+    assert checkpoint_utils.load_checkpoint(ckpt_dir / "checkpoint_epoch_4.pth")["it"] == 4
 
 
 def test_non_finite_loss_stops_training_without_checkpoint(tmp_path, data_root):

@@ -135,7 +135,8 @@ def train_one_epoch(model, optimizer, train_loader, model_func, lr_scheduler, ac
                 save_latest = ckpt_save_iter_interval and accumulated_iter % ckpt_save_iter_interval == 0
                 if ckpt_save_dir is not None and save_latest:
                     checkpoint_utils.save_checkpoint(
-                        checkpoint_utils.checkpoint_state(model, optimizer, cur_epoch, accumulated_iter),
+                        checkpoint_utils.checkpoint_state(model, optimizer, cur_epoch, accumulated_iter,
+                                                          total_it_each_epoch),
                         os.path.join(str(ckpt_save_dir), checkpoint_utils.LATEST_NAME),
                     )
     finally:
@@ -182,7 +183,8 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
             trained_epoch = cur_epoch + 1
             if rank == 0 and (trained_epoch % ckpt_save_interval == 0 or trained_epoch == total_epochs):
                 path = checkpoint_utils.save_checkpoint(
-                    checkpoint_utils.checkpoint_state(model, optimizer, trained_epoch, accumulated_iter),
+                    checkpoint_utils.checkpoint_state(model, optimizer, trained_epoch, accumulated_iter,
+                                                      total_it_each_epoch),
                     os.path.join(str(ckpt_save_dir), f"{checkpoint_utils.CKPT_PREFIX}{trained_epoch}.pth"),
                 )
                 checkpoint_utils.prune_checkpoints(ckpt_save_dir, max_ckpt_save_num)
@@ -199,14 +201,14 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
     return accumulated_iter
 
 
-def resume_state(ckpt_dir, explicit_ckpt=None):
+def resume_state(ckpt_dir, explicit_ckpt=None, logger=None):
     """Checkpoint path to resume from: ``explicit_ckpt`` when given, else the most advanced complete one in
-    ``ckpt_dir`` (None when there is none)."""
+    ``ckpt_dir`` (None when there is none; unreadable ones are skipped with a warning on ``logger``)."""
     if explicit_ckpt:
         return str(explicit_ckpt)
     if ckpt_dir is None or not os.path.isdir(str(ckpt_dir)):
         return None
-    return checkpoint_utils.find_resume_checkpoint(ckpt_dir)
+    return checkpoint_utils.find_resume_checkpoint(ckpt_dir, logger=logger)
 
 
 def experiment_output_dir(cfg_file, extra_tag, output_root):
