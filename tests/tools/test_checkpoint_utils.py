@@ -23,10 +23,10 @@ def test_checkpoint_state_layout_and_round_trip(tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     model(torch.randn(5, 3)).sum().backward()
     opt.step()
-    path = cu.save_checkpoint(cu.checkpoint_state(model, opt, epoch=3, it=30), tmp_path / "checkpoint_epoch_3")
+    path = cu.save_checkpoint(cu.checkpoint_state(model, opt, epoch=3, it=30, it_per_epoch=10), tmp_path / "checkpoint_epoch_3")
     assert path.endswith("checkpoint_epoch_3.pth")
     ckpt = cu.load_checkpoint(path)
-    assert set(ckpt) == {"model_state", "optimizer_state", "epoch", "it", "version"}
+    assert set(ckpt) == {"model_state", "optimizer_state", "epoch", "it", "it_per_epoch", "version"}
     assert ckpt["version"].startswith("pcdet+")
     other = _model(seed=1)
     other_opt = torch.optim.Adam(other.parameters(), lr=0.01)
