@@ -3,7 +3,7 @@
 ``__getitem__`` of a subclass builds ``{'frame_id', 'points' (N, C), 'gt_boxes' (M, 7) LiDAR, 'gt_names' (M,),
 'calib', ...}`` and calls ``prepare_data``, which runs (training) class filtering and augmentation, then the
 point feature encoder, the side processors (see ``register_side_processor``) and the data processor.
-``collate_batch`` stacks samples into the ``batch_dict`` declared in ``pcdet/models/batch_keys.py``.
+``collate_batch`` stacks samples into the ``batch_dict`` declared in ``pcdet/batch_keys.py``.
 """
 import copy
 import warnings
@@ -14,7 +14,7 @@ import numpy as np
 import torch.utils.data as torch_data
 
 from .info_io import write_pickle
-from ..models import batch_keys as K
+from .. import batch_keys as K
 from ..utils import box_utils, common_utils
 from .augmentor.data_augmentor import DataAugmentor
 from .processor.data_processor import DataProcessor

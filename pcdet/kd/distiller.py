@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models.batch_keys import KD_TEACHER_INPUTS
+from ..batch_keys import KD_TEACHER_INPUTS
 from ..models.model_utils.model_summary import format_param_table, module_param_counts
 from ..utils.common_utils import autocast_off, to_float32
 from . import diagnostics

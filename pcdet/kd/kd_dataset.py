@@ -6,7 +6,7 @@ its outputs travel in ``batch_dict['kd_teacher_inputs']``.
 import numpy as np
 
 from ..config import cfg_to_dict
-from ..models.batch_keys import KD_TEACHER_INPUTS
+from ..batch_keys import KD_TEACHER_INPUTS
 from .teacher import GeometryView, TeacherError, load_teacher_cfg
 
 

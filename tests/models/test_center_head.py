@@ -7,7 +7,7 @@ import pytest
 import torch
 from easydict import EasyDict
 
-from pcdet.models import batch_keys as K
+from pcdet import batch_keys as K
 from pcdet.models.dense_heads.center_head import CenterHead, SeparateHead
 from pcdet.models.model_utils import centernet_utils as cu
 

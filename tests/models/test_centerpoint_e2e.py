@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pcdet.config import cfg_from_yaml_file
-from pcdet.models import batch_keys as K
+from pcdet import batch_keys as K
 from pcdet.models import build_network, load_data_to_device
 
 CFGS = Path(__file__).resolve().parents[2] / "tools" / "cfgs"

@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 
-from ...models import batch_keys as K
+from ... import batch_keys as K
 from ...utils import common_utils
 from . import augmentor_utils
 

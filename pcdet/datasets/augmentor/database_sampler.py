@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..info_io import read_pickle
-from ...models import batch_keys as K
+from ... import batch_keys as K
 from ...ops.iou3d_nms import iou3d_nms_utils
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from ...utils import box_utils

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ...config import cfg_from_yaml_file
-from ...models import batch_keys as K
+from ... import batch_keys as K
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from ...utils import box_utils, calibration_kitti, common_utils, object3d_kitti
 from .. import DATASETS

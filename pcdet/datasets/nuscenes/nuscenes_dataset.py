@@ -28,7 +28,7 @@ import numpy as np
 
 from ..info_io import REBUILD_NUSCENES, read_pickle, write_pickle
 from ...config import cfg_from_yaml_file
-from ...models import batch_keys as K
+from ... import batch_keys as K
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from .. import DATASETS
 from ..dataset import DatasetTemplate, resolve_data_path, _to_numpy

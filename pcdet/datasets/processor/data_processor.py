@@ -8,7 +8,7 @@ Steps, selected by ``NAME`` and run in config order:
 import numpy as np
 import torch
 
-from ...models import batch_keys as K
+from ... import batch_keys as K
 from ...ops.voxel_count import voxel_point_counts
 from ...utils import box_utils, common_utils
 

@@ -1,7 +1,7 @@
 """Select and order the per-point features the network sees (``POINT_FEATURE_ENCODING``)."""
 import numpy as np
 
-from ...models import batch_keys as K
+from ... import batch_keys as K
 
 
 class PointFeatureEncoder:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ...config import cfg_from_yaml_file
-from ...models import batch_keys as K
+from ... import batch_keys as K
 from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from ...utils import common_utils
 from .. import DATASETS

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from . import BACKBONES_2D
-from ..batch_keys import SPATIAL_FEATURES, SPATIAL_FEATURES_2D, check_keys
+from ...batch_keys import SPATIAL_FEATURES, SPATIAL_FEATURES_2D, check_keys
 from ..model_utils.width import module_width, scaled_list
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch.nn as nn
 
 from . import BACKBONES_3D
-from ..batch_keys import (BATCH_SIZE, ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE, MULTI_SCALE_3D_FEATURES,
+from ...batch_keys import (BATCH_SIZE, ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE, MULTI_SCALE_3D_FEATURES,
                           MULTI_SCALE_3D_STRIDES, VOXEL_COORDS, VOXEL_FEATURES, check_keys)
 from ..model_utils.width import module_width, scaled
 from ...utils.spconv_utils import sparse_precision, spconv

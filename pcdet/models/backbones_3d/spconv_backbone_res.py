@@ -8,7 +8,7 @@ from functools import partial
 import torch.nn as nn
 
 from ...utils.spconv_utils import replace_feature, spconv
-from .. import batch_keys as K
+from ... import batch_keys as K
 from ..model_utils.width import module_width, scaled
 from . import BACKBONES_3D
 from .spconv_backbone import encode_8x

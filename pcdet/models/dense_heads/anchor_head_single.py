@@ -3,7 +3,7 @@ import numpy as np
 import torch.nn as nn
 
 from . import DENSE_HEADS
-from .. import batch_keys as K
+from ... import batch_keys as K
 from .anchor_head_template import AnchorHeadTemplate
 
 

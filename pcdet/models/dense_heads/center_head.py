@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.nn.init import kaiming_normal_
 
-from .. import batch_keys as K
+from ... import batch_keys as K
 from ..model_utils import centernet_utils, model_nms_utils
 from ..model_utils.width import module_width, scaled
 from . import DENSE_HEADS

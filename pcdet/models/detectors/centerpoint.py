@@ -1,5 +1,5 @@
 """CenterPoint (Yin et al., CVPR 2021): voxel or pillar encoder, BEV backbone, anchor-free ``CenterHead``."""
-from .. import batch_keys as K
+from ... import batch_keys as K
 from . import DETECTORS
 from .detector3d_template import SingleStageDetector
 

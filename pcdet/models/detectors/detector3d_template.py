@@ -3,7 +3,7 @@ point_head -> roi_head from a ``MODEL`` config, post-processes predictions and l
 
 Module attribute names and the ``model_info_dict`` sizes passed to each constructor follow OpenPCDet, so an
 OpenPCDet ``model_state`` loads with no renaming. Each module class declares ``REQUIRED_KEYS`` and
-``PROVIDED_KEYS`` (constants of ``pcdet/models/batch_keys.py``); the template checks at build time that every
+``PROVIDED_KEYS`` (constants of ``pcdet/batch_keys.py``); the template checks at build time that every
 required key is produced by the dataset or by an earlier module.
 """
 import importlib
@@ -12,7 +12,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .. import batch_keys as K
+from ... import batch_keys as K
 from ..model_utils import model_nms_utils
 from ..model_utils.width import module_width
 from ...utils.common_utils import autocast_off, to_float32
@@ -288,7 +288,7 @@ class Detector3DTemplate(nn.Module):
             if not hasattr(module_or_cls, attr):
                 raise TypeError(
                     f"MODEL: module '{name}' ({cls_name}) does not declare {attr}; declare REQUIRED_KEYS and "
-                    f"PROVIDED_KEYS with keys from pcdet/models/batch_keys.py"
+                    f"PROVIDED_KEYS with keys from pcdet/batch_keys.py"
                 )
         missing = [key for key in module_or_cls.REQUIRED_KEYS if key not in available]
         if missing:

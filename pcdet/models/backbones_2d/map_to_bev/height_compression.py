@@ -2,7 +2,7 @@
 import torch.nn as nn
 
 from . import MAP_TO_BEV
-from ...batch_keys import (ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE, SPATIAL_FEATURES,
+from ....batch_keys import (ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE, SPATIAL_FEATURES,
                            SPATIAL_FEATURES_STRIDE, check_keys)
 from ...model_utils.width import module_width
 

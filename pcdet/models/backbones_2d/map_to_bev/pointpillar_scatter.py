@@ -2,7 +2,7 @@
 import torch.nn as nn
 
 from . import MAP_TO_BEV
-from ...batch_keys import (BATCH_SIZE, PILLAR_FEATURES, SPATIAL_FEATURES, SPATIAL_FEATURES_STRIDE, VOXEL_COORDS,
+from ....batch_keys import (BATCH_SIZE, PILLAR_FEATURES, SPATIAL_FEATURES, SPATIAL_FEATURES_STRIDE, VOXEL_COORDS,
                            check_keys)
 from ...model_utils.width import module_width, scaled
 

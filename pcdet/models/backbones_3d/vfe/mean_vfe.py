@@ -2,7 +2,7 @@
 import torch
 
 from . import VFE
-from ...batch_keys import VOXELS, VOXEL_NUM_POINTS, VOXEL_FEATURES, check_keys
+from ....batch_keys import VOXELS, VOXEL_NUM_POINTS, VOXEL_FEATURES, check_keys
 from .vfe_template import VFETemplate
 
 

@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import VFE
-from ...batch_keys import PILLAR_FEATURES, VOXELS, VOXEL_COORDS, VOXEL_NUM_POINTS, check_keys
+from ....batch_keys import PILLAR_FEATURES, VOXELS, VOXEL_COORDS, VOXEL_NUM_POINTS, check_keys
 from ...model_utils.width import scaled_list
 from .vfe_template import VFETemplate
 
