@@ -235,3 +235,14 @@ def test_visualize_model_spec_parsing():
         "t", "cfgs/a.yaml", "/x/t.pth", ["MODEL.WIDTH", "0.5"])
     with pytest.raises(ValueError, match="NAME=CFG_FILE,CKPT"):
         vis.parse_model_spec("cfgs/a.yaml")
+
+
+def test_zoo_readme_lists_each_teacher_with_its_convergence_check(tmp_path):
+    manifest = json.loads(_manifest(tmp_path).read_text())
+    manifest["teachers"][0].update(val_per_class_3d_mod={"Car": 30.0, "Pedestrian": 10.0, "Cyclist": 20.0},
+                                   size_bytes=2_500_000, sha256="ab" * 32, train_minutes=12.5)
+    manifest["teachers"][1]["longer"]["map3d_mod"] = None
+    text = rep.zoo_readme(manifest)
+    row = next(l for l in text.splitlines() if l.startswith("| pointpillar_w0.5 |"))
+    assert "| 4 | 20.00 | 30.0 / 10.0 / 20.0 | 6: 20.50 (+0.50) | 2: 10.0, 4: 20.0 | 12.5 | 2.5 MB | `abababababab` |" in row
+    assert "6: not run yet" in next(l for l in text.splitlines() if l.startswith("| centerpoint_pillar_w0.5 |"))

@@ -238,3 +238,36 @@ def plot(bench, records, teachers, png_path):
     Path(png_path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
+
+
+def zoo_readme(manifest):
+    """model_zoo/README.md from the manifest: what the files are, the tag, how to rebuild, one row per teacher."""
+    lines = ["# Model zoo: the shipped teachers", "",
+             "Teachers of the `cpu` KD benchmark (docs/KD.md, \"Results\"), trained here by this project's own code "
+             "on the synthetic KITTI-format set that `pcdet.datasets.synthetic.generate` writes (seed 0, 1500 "
+             "frames: 800 train, 200 tune, 500 val); trained on train only. Each `.pth` is an OpenPCDet checkpoint "
+             "(`model_state`, `epoch`; no optimizer state) with a provenance tag under the key `zoo`: the generator "
+             "version, the dataset's signature (seed, frame counts, sha256 of each ImageSets list) and the sha256 "
+             "of the training config. Loading one as a teacher or evaluating it with other data or another config "
+             "is refused with a message naming what differs (`pcdet/model_zoo.py`).", "",
+             "Use: `KD.TEACHER.CFG_FILE: cfgs/zoo/<family>_teacher.yaml` and `KD.TEACHER.CKPT: "
+             "../model_zoo/<name>.pth` (or `--teacher_ckpt`). Rebuild everything: "
+             "`python tools/benchmark_kd.py --preset cpu --retrain-teachers` (trains each config of "
+             "`tools/cfgs/zoo/` and the same config at 1.5x the epochs, evaluates the val curve every 2 epochs, "
+             "exports the weights and rewrites `manifest.json` and this file).", "",
+             "Val = the 500 val frames, moderate AP R40 at the strict overlaps (0.7 / 0.5 / 0.5), percent. The "
+             "convergence check compares schedules: the same config trained for 1.5x the epochs.", "",
+             "| name | family | width | config | epochs | val 3D mAP | Car / Ped / Cyc | 1.5x epochs: val 3D mAP | "
+             "val curve (epoch: mAP) | train min | size | sha256 |", "|" + "---|" * 12]
+    for t in manifest.get("teachers", []):
+        pc = t.get("val_per_class_3d_mod", {})
+        longer = t.get("longer") or {}
+        lm = longer.get("map3d_mod")
+        lines.append(
+            f"| {t['name']} | {t['family']} | {t.get('width')} | `{t['cfg_file']}` | {t['curve'][-1][0]} | "
+            f"{t['curve'][-1][1]:.2f} | " + " / ".join(f"{pc[c]:.1f}" for c in CLASSES if c in pc) + " | "
+            + (f"{longer.get('epochs')}: {lm:.2f} ({lm - t['curve'][-1][1]:+.2f})" if lm is not None
+               else f"{longer.get('epochs')}: not run yet")
+            + " | " + ", ".join(f"{e}: {v:.1f}" for e, v in t["curve"]) + f" | {t.get('train_minutes', 'n/a')} | "
+            f"{t.get('size_bytes', 0) / 1e6:.1f} MB | `{str(t.get('sha256', ''))[:12]}` |")
+    return "\n".join(lines) + "\n"

@@ -215,6 +215,9 @@ class Runner:
         tmp = Path(str(manifest_path) + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
         tmp.replace(manifest_path)
+        from .report import zoo_readme
+
+        (Path(manifest_path).parent / "README.md").write_text(zoo_readme(manifest))
         if classes is None:
             raise BenchmarkError("export_teachers: no teacher run of the plan has a val result")
 
