@@ -18,7 +18,13 @@ def get_extensions():
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError:
         return [], {}
-    from pcdet_ext_list import extension_specs  # noqa: E402  (local helper module next to setup.py)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pcdet_ops_ext_list", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pcdet", "ops", "ext_list.py"))
+    ext_list = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext_list)   # by path: importing pcdet would need the extensions being built
+    extension_specs = ext_list.extension_specs
 
     with_cuda = torch.cuda.is_available() or os.environ.get("FORCE_CUDA") == "1"
     # at::parallel_for only runs threads in code compiled with OpenMP when torch itself uses OpenMP.

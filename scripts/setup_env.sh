@@ -17,7 +17,7 @@ if [ "$(cat .venv/.deps_stamp 2>/dev/null)" != "$deps" ]; then
   "${PIP[@]}" -r requirements.txt pytest
   echo "$deps" > .venv/.deps_stamp
 fi
-build=$(stamp setup.py pcdet_ext_list.py $(find pcdet/ops -path '*/src/*' -type f | sort))
+build=$(stamp setup.py pcdet/ops/ext_list.py $(find pcdet/ops -path '*/src/*' -type f | sort))
 if [ "$(cat .venv/.build_stamp 2>/dev/null)" != "$build" ] || ! .venv/bin/python -c "import pcdet" 2>/dev/null; then
   # --no-build-isolation: the ops are compiled against the torch installed above.
   "${PIP[@]}" --no-build-isolation -e .

@@ -9,6 +9,7 @@ A preset is a plain dict; ``plan.Benchmark`` turns it into runs. Keys:
 - ``seeds``: the paired seeds (a seed fixes the student's initialisation and data order for every method).
 - ``teacher_epochs`` (teachers trained by the preset; a zoo teacher's come from its config), ``student_epochs``
   (an int or a family -> int dict), ``batch_size``, ``jobs``.
+- ``max_iters_per_epoch`` (optional): caps the students' iterations per epoch (train.py's flag; the main job).
 - ``data_overrides``, ``optimization_overrides``, ``teacher_overrides``: merged into every derived config.
 - ``kd_overrides``: method -> family -> overrides of the KD block, frozen from the tuning sweep
   (``{"KD": {top-level KD keys}, <head keys>...}``; nested dicts merge).

@@ -118,6 +118,9 @@ class Runner:
                "--workers", "1", "--fix_random_seed", "--seed", str(run.seed), "--skip_eval",
                "--max_ckpt_save_num", str(keep), "--output_root", str(bench.work_dir / "runs"),
                "--device", self.device]
+        cap = bench.preset.get("max_iters_per_epoch")
+        if cap and run.method != "teacher":
+            cmd += ["--max_iters_per_epoch", str(int(cap))]
         self._check_call(cmd, f"training {run.name}", log_file=log_dir / f"{run.name}.train.log")
         if not bench.ckpt_path(run).is_file():
             raise BenchmarkError(f"training {run.name} ended without {bench.ckpt_path(run)}")

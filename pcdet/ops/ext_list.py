@@ -1,10 +1,13 @@
-"""The compiled extensions of pcdet: (module name, C++ sources, CUDA sources). Read by setup.py.
+"""The compiled extensions of pcdet: (module name, C++ sources, CUDA sources). Read by setup.py, which loads this
+file by path (importing the pcdet package would need the extensions it is about to build), and by
+scripts/check_cuda_build.sh.
 
 Paths are relative to the repository root. The CUDA sources are compiled only when torch has CUDA; the C++ file
 of each op then sees ``WITH_CUDA`` defined and dispatches CUDA tensors to them.
 """
 import os
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _OPS = (
     ("pcdet.ops.voxel_count.voxel_count_ext", "pcdet/ops/voxel_count/src"),
     ("pcdet.ops.knn.knn_ext", "pcdet/ops/knn/src"),
@@ -13,7 +16,7 @@ _OPS = (
 
 
 def _sources(folder, suffix):
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = REPO_ROOT
     path = os.path.join(root, folder)
     if not os.path.isdir(path):
         return []
