@@ -175,8 +175,8 @@ def test_keeps_last_n_epoch_checkpoints(tmp_path):
     kept = checkpoint_utils.list_epoch_checkpoints(tmp_path)
     assert [checkpoint_utils.epoch_of(p) for p in kept] == [3, 4]
     ckpt = checkpoint_utils.load_checkpoint(kept[-1])
-    assert (ckpt["epoch"], ckpt["it"]) == (4, 16)
-    assert set(ckpt) == {"model_state", "optimizer_state", "epoch", "it", "version"}
+    assert (ckpt["epoch"], ckpt["it"], ckpt["it_per_epoch"]) == (4, 16, 4)
+    assert set(ckpt) == {"model_state", "optimizer_state", "epoch", "it", "it_per_epoch", "version"}
 
 
 @pytest.mark.parametrize("resume_file", ["checkpoint_epoch_1.pth", "latest_model.pth"])
