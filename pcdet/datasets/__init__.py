@@ -19,7 +19,8 @@ from .kitti.kitti_dataset import KittiDataset  # noqa: E402  (registers 'KittiDa
 from .nuscenes import nuscenes_dataset  # noqa: E402,F401  (registers 'NuScenesDataset')
 from .waymo import waymo_dataset  # noqa: E402,F401  (registers 'WaymoDataset')
 
-__all__ = ["DATASETS", "DatasetTemplate", "KittiDataset", "build_dataloader", "DistributedEvalSampler"]
+__all__ = ["DATASETS", "DatasetTemplate", "DistributedEvalSampler", "EPOCH_ATTR", "EpochDistributedSampler",
+           "EpochShuffleSampler", "KittiDataset", "build_dataloader"]
 
 
 class DistributedEvalSampler(Sampler):
@@ -52,14 +53,54 @@ class DistributedEvalSampler(Sampler):
         self.epoch = epoch
 
 
+EPOCH_ATTR = "_loader_epoch"   # set on the dataset by the training samplers; read by worker_init_fn
+
+
+class EpochShuffleSampler(Sampler):
+    """Single-process training sampler: the order of epoch ``e`` is a permutation drawn from ``(seed, e)`` alone.
+
+    So a run resumed at epoch ``e`` sees the same order as an uninterrupted one (a DataLoader's own shuffling
+    draws from a generator that advances every epoch and restarts on resume). ``set_epoch`` also stamps the
+    epoch on the dataset, from which ``worker_init_fn`` derives the workers' random streams. ``seed`` None: a
+    base seed drawn once from torch's global generator.
+    """
+
+    def __init__(self, dataset, seed=None):
+        self.dataset = dataset
+        self.seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item()) if seed is None else int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+        setattr(self.dataset, EPOCH_ATTR, self.epoch)
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
+
+    def __len__(self):
+        return len(self.dataset)
+
+
+class EpochDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` (its order already depends on seed and epoch only) that also stamps the epoch on
+    the dataset for ``worker_init_fn``."""
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        setattr(self.dataset, EPOCH_ATTR, int(epoch))
+
+
 def build_dataloader(dataset_cfg, class_names, batch_size, dist, root_path=None, workers=4, seed=None,
                      logger=None, training=True, total_epochs=0):
     """Build ``(dataset, dataloader, sampler)``.
 
-    ``dist``: training uses ``torch.utils.data.DistributedSampler`` (shuffled by the sampler), evaluation uses
-    ``DistributedEvalSampler`` (disjoint strided shares). Without ``dist`` the sampler is None and training
-    shuffles. Workers seed numpy and python from ``seed + worker_id + 1000 * rank`` (see
-    ``common_utils.worker_init_fn``). ``drop_last`` is False; ``collate_fn`` is ``dataset.collate_batch``.
+    ``dist``: training uses ``EpochDistributedSampler`` (torch's DistributedSampler), evaluation uses
+    ``DistributedEvalSampler`` (disjoint strided shares). Without ``dist`` training uses ``EpochShuffleSampler``
+    and evaluation no sampler (in order). Each training epoch's order and the workers' python / numpy / torch
+    streams depend on (seed, rank, epoch, worker id) only (``common_utils.worker_init_fn``), so a resumed run
+    draws what the uninterrupted one would have; call ``sampler.set_epoch(e)`` before iterating epoch ``e``. ``drop_last`` is False; ``collate_fn`` is ``dataset.collate_batch``.
     """
     dataset_cls = DATASETS.get(dataset_cfg.DATASET)
     dataset = dataset_cls(dataset_cfg=dataset_cfg, class_names=class_names, root_path=root_path,
@@ -72,12 +113,13 @@ def build_dataloader(dataset_cfg, class_names, batch_size, dist, root_path=None,
     if dist:
         rank, world_size = common_utils.get_dist_info()
         if training:
-            sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                         seed=0 if seed is None else int(seed))
+            sampler = EpochDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                              seed=0 if seed is None else int(seed))
+            sampler.set_epoch(0)
         else:
             sampler = DistributedEvalSampler(dataset, num_replicas=world_size, rank=rank)
     else:
-        sampler = None
+        sampler = EpochShuffleSampler(dataset, seed) if training else None
 
     generator = None
     if seed is not None:
@@ -85,7 +127,7 @@ def build_dataloader(dataset_cfg, class_names, batch_size, dist, root_path=None,
         generator.manual_seed(int(seed) + 1000 * rank)
     dataloader = DataLoader(
         dataset, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=workers,
-        shuffle=(sampler is None) and training, collate_fn=dataset.collate_batch, drop_last=False,
+        shuffle=False, collate_fn=dataset.collate_batch, drop_last=False,
         sampler=sampler, timeout=0, generator=generator,
         worker_init_fn=partial(common_utils.worker_init_fn, seed=seed, rank=rank),
         persistent_workers=False,

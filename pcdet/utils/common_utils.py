@@ -110,15 +110,20 @@ def set_random_seed(seed):
 
 
 def worker_init_fn(worker_id, seed=None, rank=0):
-    """DataLoader ``worker_init_fn``: give every worker its own python and numpy random stream.
+    """DataLoader ``worker_init_fn``: give every worker its own python, numpy and torch random stream.
 
-    With ``seed`` the stream is ``seed + worker_id + rank * 1000`` (reproducible); without it, it is derived
-    from torch's per-worker seed, so forked workers never share the numpy state inherited from the parent.
+    With ``seed`` the stream is a function of (seed, rank, epoch, worker id), the epoch being the one the
+    training sampler stamped on the dataset (``pcdet.datasets.EPOCH_ATTR``; 0 otherwise): reproducible, different
+    every epoch, and the same after a resume. Without ``seed`` it derives from torch's per-worker seed, so
+    forked workers never share the numpy state inherited from the parent.
     """
     if seed is None:
         worker_seed = torch.initial_seed() % (2 ** 32)
     else:
-        worker_seed = (int(seed) + int(worker_id) + 1000 * int(rank)) % (2 ** 32)
+        info = torch.utils.data.get_worker_info()
+        epoch = int(getattr(info.dataset, "_loader_epoch", 0)) if info is not None else 0
+        worker_seed = int(np.random.SeedSequence([int(seed), int(rank), epoch, int(worker_id)]).generate_state(1)[0])
+        torch.manual_seed(worker_seed)
     random.seed(worker_seed)
     np.random.seed(worker_seed)
 

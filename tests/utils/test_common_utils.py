@@ -100,8 +100,44 @@ def test_worker_init_fn_seeds_differ_by_worker_and_rank():
         draws.append(np.random.randint(1 << 30))
     assert draws[0] == draws[3]
     assert len({draws[0], draws[1], draws[2]}) == 3
-    np.random.seed(7 + 1)
+    np.random.seed(int(np.random.SeedSequence([7, 0, 0, 1]).generate_state(1)[0]))
     assert draws[1] == np.random.randint(1 << 30)
+
+
+def test_training_order_and_worker_streams_depend_on_seed_and_epoch_only():
+    """A resumed run (a fresh loader set to epoch e) draws the same order and augmentation randomness as the
+    uninterrupted run at epoch e; epochs differ from each other."""
+    import torch.utils.data as tud
+
+    from pcdet.datasets import EpochShuffleSampler
+
+    class Draws(tud.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.tensor([i, np.random.randint(1 << 30), torch.randint(1 << 30, (1,)).item()])
+
+    def loader(seed):
+        ds = Draws()
+        sampler = EpochShuffleSampler(ds, seed)
+        from functools import partial
+        return sampler, tud.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=1,
+                                       worker_init_fn=partial(common_utils.worker_init_fn, seed=seed))
+
+    sampler, dl = loader(5)
+    run = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        run.append(torch.cat(list(dl)))
+    assert not torch.equal(run[0][:, 0], run[1][:, 0]) and not torch.equal(run[1][:, 1], run[2][:, 1])
+    assert sorted(run[2][:, 0].tolist()) == list(range(6))
+    fresh_sampler, fresh = loader(5)
+    fresh_sampler.set_epoch(2)
+    assert torch.equal(torch.cat(list(fresh)), run[2])
+    other_sampler, other = loader(6)
+    other_sampler.set_epoch(2)
+    assert not torch.equal(torch.cat(list(other)), run[2])
 
 
 def test_create_logger_writes_file_and_rank_filter(tmp_path):
