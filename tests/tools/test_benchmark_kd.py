@@ -246,3 +246,15 @@ def test_zoo_readme_lists_each_teacher_with_its_convergence_check(tmp_path):
     row = next(l for l in text.splitlines() if l.startswith("| pointpillar_w0.5 |"))
     assert "| 4 | 20.00 | 30.0 / 10.0 / 20.0 | 6: 20.50 (+0.50) | 2: 10.0, 4: 20.0 | 12.5 | 2.5 MB | `abababababab` |" in row
     assert "6: not run yet" in next(l for l in text.splitlines() if l.startswith("| centerpoint_pillar_w0.5 |"))
+
+
+def test_training_minutes_sums_the_logs_of_a_resumed_run(tmp_path):
+    from pcdet.kd.benchmark.runner import training_minutes
+
+    log = tmp_path / "log"
+    log.mkdir()
+    (log / "train_a.log").write_text("2026-12-02 00:00:00,1   INFO  cfg\n2026-12-02 00:01:00,1   INFO  **start training x\n"
+                                     "progress without a stamp\n2026-12-02 00:31:00,5   INFO  saved\n")
+    (log / "train_b.log").write_text("2026-12-02 01:00:00,1   INFO  **start training x\n"
+                                     "2026-12-02 01:15:30,1   INFO  **end training x\n")
+    assert training_minutes(tmp_path) == pytest.approx(45.5)

@@ -200,7 +200,7 @@ class Runner:
             extra = {"curve": curve, "longer": {"epochs": longer.epochs, "map3d_mod": longer_map},
                      "val_map3d_mod": curve[-1][1],
                      "val_per_class_3d_mod": {c: round(final["metrics"][f"{c}_3d/moderate_R40"], 3) for c in classes},
-                     "train_minutes": round(final.get("train_seconds", 0.0) / 60.0, 1)}
+                     "train_minutes": round(training_minutes(bench.run_dir(run)), 1)}
             rel_cfg = bench.base_cfg_file(run).relative_to(TOOLS_DIR.parent)
             out = Path(zoo_dir) / f"{name}.pth"
             tag = _existing_tag(out, cfg, bench.data_dir)
@@ -239,3 +239,26 @@ def _existing_tag(path, cfg, data_dir):
     except (CheckpointReadError, ZooError):
         pass
     return None
+
+
+def training_minutes(run_dir):
+    """Wall minutes of training from a run's train_*.log files: from each log's "start training" line to its last
+    timestamped line, summed over the logs (a resumed run has one per start)."""
+    import datetime
+    import re
+
+    stamp = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),\d+")
+    total = 0.0
+    for log in sorted((Path(run_dir) / "log").glob("train_*.log")):
+        start = last = None
+        for line in log.read_text(errors="replace").splitlines():
+            m = stamp.match(line)
+            if not m:
+                continue
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+            if start is None and "start training" in line:
+                start = t
+            last = t
+        if start is not None and last is not None:
+            total += (last - start).total_seconds() / 60.0
+    return total
