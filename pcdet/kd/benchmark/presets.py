@@ -48,16 +48,16 @@ _CPU_OPT = {"USE_AMP": True, "AMP_DTYPE": "bf16", "CHANNELS_LAST": True}
 CPU_DATA = dict(num_frames=1500, seed=0, val_fraction=0.33334, tune_fraction=0.13334, preset="default")
 
 PRESETS = {
-    # The README main job: the shipped CenterPoint-pillar teacher, its 1/4 student alone and with itKD, one seed,
-    # one epoch each; it demonstrates the whole path in minutes, it is not the benchmark.
+    # The README main job: the shipped PointPillars teacher, its 4x student alone and with PointDistiller, one
+    # seed, a 3-epoch schedule; it demonstrates the whole path in minutes, it is not the benchmark.
     "main": dict(
         data=CPU_DATA, seeds=[0], jobs=2,
-        families={"centerpoint_pillar": dict(teacher="zoo:centerpoint_pillar_w0.5", teacher_width=0.5,
-                                             student_rel_widths=[0.25], narrow="BACKBONE_2D",
-                                             methods=["none", "itkd"])},
-        student_epochs=1, batch_size=4,
+        families={"pointpillar": dict(teacher="zoo:pointpillar_w0.5", teacher_width=0.5, student_rel_widths=[0.5],
+                                      methods=["none", "pointdistiller"])},
+        student_epochs=3, batch_size=4,
         data_overrides=_CPU_DATA, optimization_overrides=_CPU_OPT, teacher_overrides={"CHANNELS_LAST": True},
-        note="A demonstration of the whole path (shipped teacher, one seed, one-epoch students, untuned KD "
+        kd_overrides={"pointdistiller": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16}}},
+        note="A demonstration of the whole path (shipped teacher, one seed, 3-epoch students, untuned KD "
              "weights), not the benchmark: see docs/results_cpu.md.",
     ),
     # The CPU benchmark: shipped teachers (model_zoo/), the papers' students, 3 paired seeds, val 500 frames.
