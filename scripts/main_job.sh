@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment and run the main job on the embedded synthetic dataset:
-# generate data + infos, KITTI-metric self-check, train a teacher, train the 1/4-width student alone,
-# distil the same student with itKD, evaluate all three and print the results table.
+# generate data + infos, KITTI-metric self-check, load the shipped PointPillars teacher (model_zoo/), train its
+# 4x student alone and distilled with PointDistiller, evaluate all three on val and print the results table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
