@@ -258,3 +258,31 @@ def test_training_minutes_sums_the_logs_of_a_resumed_run(tmp_path):
     (log / "train_b.log").write_text("2026-12-02 01:00:00,1   INFO  **start training x\n"
                                      "2026-12-02 01:15:30,1   INFO  **end training x\n")
     assert training_minutes(tmp_path) == pytest.approx(45.5)
+
+
+def test_plan_refuses_two_runs_of_one_config_and_hash_sees_base_contents(tmp_path):
+    import copy
+
+    from pcdet.kd.benchmark import BenchmarkError
+
+    preset = copy.deepcopy(PRESETS["cpu"])
+    preset["tuning"]["pointpillar"] = None
+    preset["tuning"]["pointdistiller"]["pointpillar"] = [{"label": "a", "overrides": {"TAU": 1.0}},
+                                                        {"label": "b", "overrides": {"TAU": 1.0}}]
+    with pytest.raises(BenchmarkError, match="runs .*_a and .*_b train the same config"):
+        Benchmark("cpu", preset, tmp_path / "w", tmp_path / "d", mode="tune", families=["pointpillar"],
+                  zoo_manifest=_manifest(tmp_path))
+    # the hash covers the expanded base config, not just its path
+    bench = _bench(tmp_path, "mini")
+    run = next(r for r in bench.runs if r.method == "none")
+    before = bench.cfg_hash(run)
+    import pcdet.kd.benchmark.plan as plan_mod
+    real = plan_mod.MODEL_CFGS[run.family]
+    other = tmp_path / "edited.yaml"
+    other.write_text(f"_BASE_CONFIG_: {plan_mod.CFGS / real}\nOPTIMIZATION: {{LR: 0.001}}\n")
+    plan_mod.MODEL_CFGS[run.family] = str(other)
+    try:
+        assert bench.cfg_hash(run) != before
+    finally:
+        plan_mod.MODEL_CFGS[run.family] = real
+    assert bench.cfg_hash(run) == before

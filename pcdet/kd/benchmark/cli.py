@@ -63,6 +63,10 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     preset = PRESETS[args.preset]
     mode = "tune" if args.tune else "teachers" if args.retrain_teachers else "final"
+    if mode == "teachers" and not any(str(f.get("teacher", "")).startswith("zoo:")
+                                      for f in preset["families"].values()):
+        raise SystemExit(f"--retrain-teachers: preset {args.preset} has no zoo teachers (its teachers are trained "
+                         f"by the preset itself)")
     work_dir = Path(args.work_dir or REPO_ROOT / "output" / "benchmark_kd" / args.preset)
     data_dir = Path(args.data_dir or default_data_dir(args.preset, preset))
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ example the tuning run of the setting that was then frozen) is trained once and 
 """
 import copy
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,8 +102,9 @@ class Benchmark:
         if unknown:
             raise BenchmarkError(f"preset {preset_name}: no families {unknown} (has {sorted(preset['families'])})")
         self.families = list(families) if families else list(preset["families"])
-        self.zoo_manifest = zoo_manifest
+        self.zoo_manifest = Path(zoo_manifest).resolve() if zoo_manifest else None   # subprocesses run in tools/
         self.runs = self._plan()
+        self._check_distinct()
 
     # ------------------------------------------------------------------ planning
     def _teacher_run(self, family, fam, seed):
@@ -166,12 +168,50 @@ class Benchmark:
                             runs.append(run)
         return runs
 
+    def _check_distinct(self):
+        """Two planned runs must not train the same config into the same folder (e.g. two tuning settings that
+        the frozen overrides make equal): refuse the plan."""
+        from ...model_zoo import ZooError
+
+        seen = {}
+        for run in self.runs:
+            if run.zoo:
+                continue
+            try:
+                key = (self.cfg_hash(run), self.train_name(run))
+            except ZooError:
+                return      # the zoo is not built yet (teachers mode, tests without a manifest)
+            if key in seen:
+                raise BenchmarkError(f"preset {self.preset_name}: runs {seen[key]} and {run.name} train the same "
+                                     f"config (hash {key[0]}); make their overrides differ")
+            seen[key] = run.name
+
     # ------------------------------------------------------------------ configs and paths
     def cfg_text(self, run):
         return yaml.safe_dump(self.cfg_data(run), sort_keys=False)
 
     def cfg_hash(self, run):
-        return hashlib.sha256(self.cfg_text(run).encode()).hexdigest()[:10]
+        """Hash of what the run trains: its derived config with every ``_BASE_CONFIG_`` expanded (edits of a
+        shipped config change it), and its teacher (a zoo teacher's checkpoint sha256 from the manifest, a trained
+        teacher's own config hash)."""
+        from ...config import _expand
+
+        data = _expand(copy.deepcopy(self.cfg_data(run)), CFGS / "derived.yaml")
+        extra = {}
+        if run.zoo:
+            extra["zoo_sha256"] = self._zoo_sha(run.zoo)
+        if run.is_kd:
+            t = run.teacher
+            extra["teacher"] = self._zoo_sha(t.zoo) if t.zoo else self.cfg_hash(t)
+            extra["teacher_cfg"] = load_yaml(self.teacher_cfg_file(t)) if t.zoo else None
+        extra["max_iters_per_epoch"] = self.preset.get("max_iters_per_epoch") if run.method != "teacher" else None
+        text = json.dumps({"cfg": data, "extra": extra}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def _zoo_sha(self, name):
+        from ...model_zoo import zoo_entry
+
+        return zoo_entry(name, **self._manifest_kw()).get("sha256")
 
     def train_name(self, run):
         """The run's name without its tuning label: runs of the same training config share a folder."""

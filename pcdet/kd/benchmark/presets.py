@@ -14,7 +14,9 @@ A preset is a plain dict; ``plan.Benchmark`` turns it into runs. Keys:
 - ``kd_overrides``: method -> family -> overrides of the KD block, frozen from the tuning sweep
   (``{"KD": {top-level KD keys}, <head keys>...}``; nested dicts merge).
 - ``tuning``: method -> family -> list of {"label", "overrides"} settings tried on the tuning split with
-  ``--tune`` (seed ``seeds[0]``), with ``curve_every`` for the student-alone learning curve.
+  ``--tune`` (seed ``seeds[0]``), merged over ``kd_overrides``; each setting names every value it sweeps, so it
+  means the same once a choice is frozen (a plan in which two runs train the same config is refused).
+  ``curve_every``: epochs between the evaluated checkpoints of the student-alone learning curve.
 """
 
 MODEL_CFGS = {
@@ -79,13 +81,13 @@ PRESETS = {
         kd_overrides={"pointdistiller": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16}}},
         tuning={
             "pointdistiller": {"pointpillar": [
-                {"label": "tau0.01", "overrides": {}},
-                {"label": "tau1", "overrides": {"TAU": 1.0}},
+                {"label": "tau0.01", "overrides": {"TAU": 0.01, "LOSS_WEIGHT": 2.0}},
+                {"label": "tau1", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 2.0}},
                 {"label": "tau1_w8", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 8.0}},
             ]},
             "itkd": {"centerpoint_pillar": [
-                {"label": "default", "overrides": {}},
-                {"label": "ae5", "overrides": {"AE": {"WEIGHT": 5.0}}},
+                {"label": "default", "overrides": {"AE": {"WEIGHT": 0.5}, "KD": {"DET_LOSS_WEIGHT": 0.5}}},
+                {"label": "ae5", "overrides": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 0.5}}},
                 {"label": "ae5_det1", "overrides": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}},
             ]},
         },

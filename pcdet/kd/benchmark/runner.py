@@ -50,7 +50,8 @@ class Runner:
         wanted = {"num_training_frames": d["num_frames"], "seed": d["seed"], "preset": d["preset"],
                   "num_val": int(round(d["val_fraction"] * d["num_frames"])),
                   "num_tune": int(round(d.get("tune_fraction", 0.0) * d["num_frames"]))}
-        if (data_dir / "kitti_infos_val.pkl").is_file() and meta_file.is_file():
+        ready = data_dir / ".benchmark_data_ready"   # written after the infos: a killed preparation is redone
+        if ready.is_file() and (data_dir / "kitti_infos_val.pkl").is_file() and meta_file.is_file():
             from ...datasets.synthetic import GENERATOR_VERSION
 
             meta = json.loads(meta_file.read_text())
@@ -59,6 +60,8 @@ class Runner:
                 self.log(f"data: reusing {data_dir}")
                 return
             self.log(f"data: {data_dir} holds another dataset ({have}), regenerating")
+        if ready.is_file():
+            ready.unlink()
         t0 = time.time()
         self._check_call([self.python, "-m", "pcdet.datasets.synthetic.generate", "--out", str(data_dir),
                           "--num_frames", str(d["num_frames"]), "--seed", str(d["seed"]),
@@ -70,6 +73,7 @@ class Runner:
             "DATA_PATH": str(data_dir)})
         self._check_call([self.python, "-m", "pcdet.datasets.kitti.kitti_dataset", "create_kitti_infos",
                           str(cfg_file)], "create_kitti_infos")
+        ready.write_text(json.dumps(wanted) + "\n")
         self.log(f"data: {d['num_frames']} frames generated in {t1 - t0:.1f} s, infos in {time.time() - t1:.1f} s")
 
     # ------------------------------------------------------------------ one run
@@ -86,10 +90,12 @@ class Runner:
         bench = self.bench
         out = bench.result_path(run, split, epoch)
         cfg_text = bench.cfg_path(run).read_text()
+        cfg_hash = bench.cfg_hash(run)
         if out.is_file():
             try:
-                if json.loads(out.read_text()).get("cfg_text") == cfg_text:
-                    return json.loads(out.read_text())
+                old = json.loads(out.read_text())
+                if old.get("cfg_text") == cfg_text and old.get("cfg_hash") == cfg_hash:
+                    return old
             except ValueError:
                 pass
             out.unlink()
@@ -100,7 +106,10 @@ class Runner:
         log_dir.mkdir(parents=True, exist_ok=True)
         tag = f"{run.name}.{split}" + (f".e{epoch}" if epoch else "")
         self._check_call(cmd, f"evaluating {tag}", log_file=log_dir / f"{tag}.eval.log")
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
+        result["cfg_hash"] = cfg_hash
+        out.write_text(json.dumps(result, indent=1))
+        return result
 
     def train(self, run):
         """Train ``run`` unless its final checkpoint exists; returns the training seconds (0 when reused)."""
@@ -203,10 +212,11 @@ class Runner:
                      "train_minutes": round(training_minutes(bench.run_dir(run)), 1)}
             rel_cfg = bench.base_cfg_file(run).relative_to(TOOLS_DIR.parent)
             out = Path(zoo_dir) / f"{name}.pth"
-            tag = _existing_tag(out, cfg, bench.data_dir)
+            source = file_sha256(bench.ckpt_path(run))
+            tag = _existing_tag(out, cfg, bench.data_dir, source)
             if tag is None:     # results (curve, 1.5x run) live in the manifest: the weights are written once
                 _, tag = export_zoo_checkpoint(bench.ckpt_path(run), cfg, rel_cfg, bench.data_dir, out, name,
-                                               run.family, fp16=fp16)
+                                               run.family, fp16=fp16, extra={"source_sha256": source})
             entries[name] = {"name": name, "family": run.family, "width": run.width, "cfg_file": str(rel_cfg),
                              "ckpt": out.name, "sha256": file_sha256(out), "size_bytes": out.stat().st_size,
                              "generator_version": tag["generator_version"], "config_hash": tag["config_hash"],
@@ -225,8 +235,9 @@ class Runner:
             raise BenchmarkError("export_teachers: no teacher run of the plan has a val result")
 
 
-def _existing_tag(path, cfg, data_dir):
-    """The tag of an already exported zoo checkpoint at ``path`` if it matches ``cfg`` and the data, else None."""
+def _existing_tag(path, cfg, data_dir, source_sha256):
+    """The tag of an already exported zoo checkpoint at ``path`` if it was exported from the training checkpoint
+    with sha256 ``source_sha256`` and matches ``cfg`` and the data, else None."""
     from ...model_zoo import ZooError, config_hash, data_signature
     from ...models.detectors.detector3d_template import CheckpointReadError, read_checkpoint
 
@@ -234,7 +245,8 @@ def _existing_tag(path, cfg, data_dir):
         return None
     try:
         tag = read_checkpoint(path)[1].get("zoo")
-        if tag and tag.get("config_hash") == config_hash(cfg) and tag.get("data") == data_signature(data_dir):
+        if tag and tag.get("config_hash") == config_hash(cfg) and tag.get("data") == data_signature(data_dir) \
+                and tag.get("source_sha256") in (source_sha256, None):
             return tag
     except (CheckpointReadError, ZooError):
         pass
