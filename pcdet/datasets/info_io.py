@@ -5,12 +5,10 @@ interrupted ``create_*_infos`` leaves the old file or the new one, never a trunc
 raises ``InfoFileError`` naming the file, what is wrong (missing, empty, truncated or not a pickle, wrong type)
 and how to rebuild it.
 """
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
-TMP_SUFFIX = ".tmp"
+from ..utils.file_utils import atomic_write
 
 REBUILD_KITTI = ("python -m pcdet.datasets.kitti.kitti_dataset create_kitti_infos <dataset cfg> "
                  "--data_path <dataset root>")
@@ -28,24 +26,8 @@ class InfoFileMissing(InfoFileError, FileNotFoundError):
 
 
 def write_pickle(path, obj):
-    """Pickle ``obj`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; a plain open() would honour the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Pickle ``obj`` to ``path`` atomically (``pcdet.utils.file_utils.atomic_write``); returns the Path."""
+    return Path(atomic_write(path, lambda f: pickle.dump(obj, f)))
 
 
 def read_pickle(path, expected=list, what="info file", rebuild=REBUILD_KITTI):

@@ -9,17 +9,16 @@ import glob
 import os
 import pickle
 import re
-import tempfile
 
 import torch
 
 from pcdet.version import __version__
 
 from .dist_utils import unwrap_model
+from .file_utils import TMP_SUFFIX, atomic_write, file_mode  # noqa: F401  (file_mode: part of this API)
 
 CKPT_PREFIX = "checkpoint_epoch_"
 LATEST_NAME = "latest_model.pth"
-TMP_SUFFIX = ".tmp"
 _EPOCH_RE = re.compile(r"checkpoint_epoch_(\d+)\.pth$")
 
 
@@ -47,13 +46,6 @@ def checkpoint_state(model=None, optimizer=None, epoch=None, it=None, it_per_epo
         "it_per_epoch": it_per_epoch,
         "version": f"pcdet+{__version__}",
     }
-
-
-def file_mode():
-    """Permission bits of a new file under the process umask (0o666 & ~umask); mkstemp's own are 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def remove_stale_temp_files(ckpt_dir):
@@ -96,26 +88,7 @@ def save_checkpoint(state, filename):
     filename = str(filename)
     if not filename.endswith(".pth"):
         filename += ".pth"
-    directory = os.path.dirname(os.path.abspath(filename))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(filename) + ".", suffix=TMP_SUFFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, file_mode())
-        os.replace(tmp_path, filename)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return filename
+    return atomic_write(filename, lambda f: torch.save(state, f))
 
 
 def epoch_of(path):

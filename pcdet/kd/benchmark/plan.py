@@ -131,7 +131,6 @@ class Benchmark:
                 base.curve = True
                 longer = Run(base.name + "_longer", family, "teacher", base.width, 0,
                              int(round(1.5 * base.epochs)), longer=True)
-                longer.curve = False
                 runs += [base, longer]
             return runs
         seeds = p["seeds"][:1] if self.mode == "tune" else p["seeds"]
@@ -232,6 +231,13 @@ class Benchmark:
 
             return Path(zoo_entry(run.zoo, **self._manifest_kw())["ckpt"])
         return self.run_dir(run) / "ckpt" / f"checkpoint_epoch_{epoch or run.epochs}.pth"
+
+    def curve_epochs(self, run):
+        """The intermediate epochs whose checkpoints a curve run evaluates (every ``curve_every``), else []."""
+        every = int(self.preset.get("curve_every", 0) or 0)
+        if not run.curve or every <= 0:
+            return []
+        return list(range(every, run.epochs, every))
 
     def result_path(self, run, split, epoch=None):
         suffix = "" if epoch in (None, run.epochs) else f"_e{epoch}"

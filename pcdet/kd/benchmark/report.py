@@ -29,9 +29,8 @@ def collect(bench, split, class_names=CLASSES):
         res = json.loads(path.read_text())
         m = res["metrics"]
         curve = []
-        every = int(bench.preset.get("curve_every", 0) or 0)
-        if run.curve and every > 0:
-            for epoch in range(every, run.epochs, every):
+        if run.curve and bench.preset.get("curve_every"):
+            for epoch in bench.curve_epochs(run):
                 p = bench.result_path(run, split, epoch)
                 if p.is_file():
                     curve.append([epoch, moderate_map(json.loads(p.read_text())["metrics"], class_names)])

@@ -81,10 +81,7 @@ class Runner:
         return ("val",) if run.longer else self.eval_splits
 
     def curve_epochs(self, run):
-        every = int(self.bench.preset.get("curve_every", 0) or 0)
-        if not run.curve or every <= 0:
-            return []
-        return [e for e in range(every, run.epochs, every)]
+        return self.bench.curve_epochs(run)
 
     def evaluate(self, run, split, epoch=None, summary=False, train_s=0.0):
         bench = self.bench
@@ -101,15 +98,13 @@ class Runner:
             out.unlink()
         cmd = [self.python, "-m", "pcdet.kd.benchmark.evaluate", "--cfg_file", str(bench.cfg_path(run)),
                "--ckpt", str(bench.ckpt_path(run, epoch)), "--split", split, "--out", str(out),
-               "--device", self.device, "--train_seconds", f"{train_s:.1f}"] + (["--summary"] if summary else [])
+               "--device", self.device, "--train_seconds", f"{train_s:.1f}", "--cfg_hash", cfg_hash] \
+            + (["--summary"] if summary else [])
         log_dir = bench.work_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         tag = f"{run.name}.{split}" + (f".e{epoch}" if epoch else "")
         self._check_call(cmd, f"evaluating {tag}", log_file=log_dir / f"{tag}.eval.log")
-        result = json.loads(out.read_text())
-        result["cfg_hash"] = cfg_hash
-        out.write_text(json.dumps(result, indent=1))
-        return result
+        return json.loads(out.read_text())
 
     def train(self, run):
         """Train ``run`` unless its final checkpoint exists; returns the training seconds (0 when reused)."""
