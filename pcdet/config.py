@@ -8,6 +8,7 @@ of that directory are tried too, so configs written for OpenPCDet's ``tools/`` w
 The keys next to ``_BASE_CONFIG_`` override the base recursively.
 """
 import copy
+import os
 import re
 from pathlib import Path
 
@@ -99,12 +100,48 @@ def load_yaml(path):
     return _expand(raw, path)
 
 
+def key_origins(path, prefix="", out=None):
+    """Dotted path (``MODEL.VFE.NAME``; list items as ``[i]``) -> the file of the ``_BASE_CONFIG_`` chain of
+    ``path`` that set it last, for error messages (``pcdet.config_schema``)."""
+    out = {} if out is None else out
+    with open(path, "r") as f:
+        raw = yaml_load(f) or {}
+    out.setdefault(prefix, os.path.normpath(str(path)))
+    _walk_origins(raw, Path(path), prefix, out)
+    return out
+
+
+def _walk_origins(node, source_file, prefix, out):
+    if not isinstance(node, dict):
+        return
+    base = node.get(BASE_KEY)
+    if base is not None:
+        key_origins(_resolve_base(base, source_file), prefix, out)
+    for key, val in node.items():
+        if key == BASE_KEY:
+            continue
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if not (isinstance(val, dict) and dotted in out):   # a mapping merges into its base's: keep both origins
+            for stale in [k for k in out if k.startswith(dotted + ".") or k.startswith(dotted + "[")]:
+                del out[stale]
+        out[dotted] = os.path.normpath(str(source_file))
+        _walk_origins(val, source_file, dotted, out)
+
+
 def cfg_from_yaml_file(cfg_file, extra=None):
-    """Return the EasyDict config of ``cfg_file`` (bases expanded), merged with the dict ``extra``."""
+    """Return the EasyDict config of ``cfg_file`` (bases expanded), merged with the dict ``extra``.
+
+    Every mapping of the result knows the file each of its keys came from (``pcdet.config_schema``), so a schema
+    error names it; keys from ``extra`` name ``cfg_file``.
+    """
+    from .config_schema import annotate_origins
+
     data = load_yaml(cfg_file)
     if extra:
         data = merge_dicts(data, extra)
-    return EasyDict(data)
+    cfg = EasyDict(data)
+    annotate_origins(cfg, key_origins(cfg_file))
+    return cfg
 
 
 def _typed_value(key, old, text):
@@ -114,6 +151,8 @@ def _typed_value(key, old, text):
         raise ConfigError(f"--set {key}: cannot parse value '{text}': {exc}") from exc
     if old is None or new is None:
         return new
+    if key == "OPTIMIZATION.USE_AMP" and str(new).lower() == "auto":
+        return "auto"
     if isinstance(old, bool) or isinstance(new, bool):
         if isinstance(old, bool) and isinstance(new, bool):
             return new
@@ -133,7 +172,8 @@ def _typed_value(key, old, text):
 
 # optional keys that configs may leave out; ``--set`` accepts them (typed by the default) although absent
 OPTIONAL_KEYS = {
-    "OPTIMIZATION.USE_AMP": False,          # mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU)
+    "OPTIMIZATION.USE_AMP": False,          # mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU); or 'auto'
+                                            # (CUDA, and CPUs with native bf16: common_utils.resolve_amp)
     "OPTIMIZATION.AMP_DTYPE": "bf16",       # 'bf16' or 'fp16'
     "OPTIMIZATION.CHANNELS_LAST": False,    # 2D conv weights in channels_last memory format
     "OPTIMIZATION.GRAD_NORM_CLIP": 10.0,

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from eval_utils import eval_utils
 from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config
+from pcdet.config_schema import validate_config
 from pcdet.utils import checkpoint_utils, common_utils, dist_utils
+from train_utils.optimization import OPTIMIZATION_SCHEMA
 from train_utils.train_utils import experiment_output_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,7 @@ def parse_config(argv=None):
     cfg.TAG = Path(args.cfg_file).stem
     if args.set_cfgs is not None:
         cfg_from_list(args.set_cfgs, cfg)
+    validate_config(cfg, OPTIMIZATION_SCHEMA)   # every key known, typed: fail before anything is built
     return args, cfg
 
 

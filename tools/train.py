@@ -15,8 +15,9 @@ import torch
 
 from eval_utils import eval_utils
 from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config
+from pcdet.config_schema import validate_config
 from pcdet.utils import checkpoint_utils, common_utils, dist_utils
-from train_utils.optimization import build_optimizer, build_scheduler
+from train_utils.optimization import OPTIMIZATION_SCHEMA, build_optimizer, build_scheduler
 from train_utils.train_utils import experiment_output_dir, resume_state, train_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ def parse_config(argv=None):
     cfg.TAG = Path(args.cfg_file).stem
     if args.set_cfgs is not None:
         cfg_from_list(args.set_cfgs, cfg)
+    validate_config(cfg, OPTIMIZATION_SCHEMA)   # every key known, typed: fail before anything is built
     return args, cfg
 
 
@@ -200,12 +202,19 @@ def run(args, cfg, dist_train, world_size, rank, device):
     if hasattr(kd_model, "set_schedule"):
         kd_model.set_schedule(total_it_each_epoch * args.epochs)  # KD.WARMUP is a fraction of the whole run
     lr_scheduler = build_scheduler(optimizer, total_it_each_epoch, args.epochs, start_iter - 1, cfg.OPTIMIZATION)
-    use_amp = bool(cfg.OPTIMIZATION.get("USE_AMP", False))
     amp_dtype = common_utils.amp_dtype(cfg.OPTIMIZATION.get("AMP_DTYPE", "fp16" if device.type == "cuda" else "bf16"),
                                        "OPTIMIZATION.AMP_DTYPE")
+    amp_value = cfg.OPTIMIZATION.get("USE_AMP", False)
+    use_amp = common_utils.resolve_amp(amp_value, device.type, amp_dtype)
     if use_amp:
         logger.info(f"mixed precision: autocast {amp_dtype} on {device.type}"
                     f"{', loss scaling' if amp_dtype == torch.float16 else ''}; losses in float32")
+        if device.type == "cpu" and amp_dtype == torch.bfloat16 and not common_utils.cpu_has_native_bf16():
+            logger.warning("OPTIMIZATION.USE_AMP: bf16 autocast on a CPU without native bf16 (no AVX512-BF16 / "
+                           "AMX): steps are several times slower than float32; set USE_AMP: auto")
+    elif amp_value == "auto":
+        logger.info(f"mixed precision: USE_AMP auto -> float32 ({device.type}"
+                    f"{', no native bf16' if device.type == 'cpu' else ''})")
 
     from pcdet.models import model_fn_decorator
 

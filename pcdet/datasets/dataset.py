@@ -15,6 +15,7 @@ import torch.utils.data as torch_data
 
 from .info_io import write_pickle
 from .. import batch_keys as K
+from ..config_schema import by_name, check, class_schema, opt, req
 from ..utils import box_utils, common_utils
 from .augmentor.data_augmentor import DataAugmentor
 from .processor.data_processor import DataProcessor
@@ -58,8 +59,25 @@ class DatasetTemplate(torch_data.Dataset):
     ``depth_downsample_factor`` (None), ``training``, ``dataset_cfg``.
     """
 
+    # DATA_CONFIG keys every dataset reads; subclasses add their own (``config_schema.class_schema`` merges them)
+    CONFIG_SCHEMA = {
+        "DATASET": req(str), "DATA_PATH": req(str), "POINT_CLOUD_RANGE": req(list),
+        "DATA_SPLIT": opt(dict, keys={"train": req(str), "test": req(str)}),
+        "INFO_PATH": opt(dict, keys={"train": req(list), "test": req(list)}),
+        "POINT_FEATURE_ENCODING": req(dict, keys={
+            "encoding_type": opt(str), "ENCODING_TYPE": opt(str), "used_feature_list": req(list),
+            "src_feature_list": req(list)}),
+        "DATA_AUGMENTOR": opt(dict, keys={
+            "DISABLE_AUG_LIST": opt(list),
+            "AUG_CONFIG_LIST": opt(list, items=by_name(DataAugmentor.STEP_SCHEMAS, "augmentation"))}),
+        "DATA_PROCESSOR": opt(list, items=by_name(DataProcessor.STEP_SCHEMAS, "data processor")),
+        "MERGE_ALL_ITERS_TO_ONE_EPOCH": opt(bool),
+    }
+
     def __init__(self, dataset_cfg=None, class_names=None, training=True, root_path=None, logger=None):
         super().__init__()
+        if dataset_cfg is not None:
+            check(dataset_cfg, self.config_schema(dataset_cfg), "DATA_CONFIG", type(self).__name__)
         self.dataset_cfg = dataset_cfg
         self.training = training
         self.class_names = list(class_names)
@@ -80,6 +98,19 @@ class DatasetTemplate(torch_data.Dataset):
         self._merge_all_iters_to_one_epoch = False
         self.depth_downsample_factor = None
         self.side_processors = {}
+
+    @classmethod
+    def config_schema(cls, dataset_cfg):
+        """The keys this dataset reads. A template built directly on a registered dataset's config (the KD side
+        views, tools that only need the grid) accepts the keys of the dataset its ``DATASET`` names."""
+        schema = class_schema(cls)
+        if cls is DatasetTemplate:
+            from . import DATASETS
+
+            name = dataset_cfg.get("DATASET")
+            if name in DATASETS:
+                schema = class_schema(DATASETS.get(name))
+        return schema
 
     @property
     def mode(self):

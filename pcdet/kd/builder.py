@@ -6,6 +6,7 @@ import random
 import numpy as np
 import torch
 
+from ..config_schema import check
 from .distiller import Distiller, grid_info
 from .kd_dataset import prepare_kd_dataset
 from .teacher import build_teacher, load_teacher_cfg
@@ -53,13 +54,10 @@ def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, examp
     """
     if "KD" not in cfg:
         raise KeyError("build_distiller: the config has no KD block")
+    check(cfg.KD, Distiller.CONFIG_SCHEMA, "KD", "Distiller")   # before the teacher is built
     teacher_cfg, teacher_cfg_path = load_teacher_cfg(cfg, cfg_file)
     teacher_view = prepare_kd_dataset(cfg, dataset, logger, teacher_cfg=teacher_cfg)
     ckpt = teacher_ckpt or cfg.KD.TEACHER.get("CKPT")
-    known = {"CFG_FILE", "CKPT", "PRECISION", "CHANNELS_LAST"}
-    unknown = sorted(set(cfg.KD.TEACHER) - known)
-    if unknown:
-        raise KeyError(f"KD.TEACHER: unknown keys {unknown} (known: {sorted(known)})")
     teacher = build_teacher(teacher_cfg, teacher_cfg_path, ckpt, teacher_view, logger,
                             precision=cfg.KD.TEACHER.get("PRECISION"),
                             channels_last=bool(cfg.KD.TEACHER.get("CHANNELS_LAST", False)))

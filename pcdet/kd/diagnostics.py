@@ -24,7 +24,7 @@ class DiagnosticsConfig:
     grad_interval: int = 50
     score_stats: bool = True
 
-    KEYS = ("GRAD_INTERVAL", "SCORE_STATS")
+    KEYS = ("GRAD_INTERVAL", "SCORE_STATS")  # also in Distiller.CONFIG_SCHEMA
 
     @classmethod
     def from_cfg(cls, cfg):

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..batch_keys import KD_TEACHER_INPUTS
+from ..config_schema import by_registry, check, opt, req
 from ..models.model_utils.model_summary import format_param_table, module_param_counts
 from ..utils.common_utils import autocast_off, to_float32
 from . import diagnostics
@@ -50,15 +51,20 @@ class Distiller(nn.Module):
             tap fires and measures channel sizes.
     """
 
+    # the KD block; each head's block is checked by its class (KDHead.check_keys)
+    CONFIG_SCHEMA = {
+        "TEACHER": opt(dict, keys={"CFG_FILE": req(str), "CKPT": opt(str), "PRECISION": opt(str),
+                                   "CHANNELS_LAST": opt(bool)}),
+        "DET_LOSS_WEIGHT": opt(float), "WARMUP": opt(float), "HEADS": req(list, items=by_registry(KD_HEADS, "KD head")),
+        "DIAGNOSTICS": opt(dict, keys={"GRAD_INTERVAL": opt(int), "SCORE_STATS": opt(bool)}),
+    }
+
     def __init__(self, student, teacher, kd_cfg, teacher_grid, student_grid, example_batch, logger=None):
         super().__init__()
         self.student = student
         self._teacher = teacher  # plain attribute: outside state_dict / parameters / DDP
         self.logger = logger
-        known = {"TEACHER", "DET_LOSS_WEIGHT", "HEADS", "WARMUP", "DIAGNOSTICS"}
-        unknown = sorted(set(kd_cfg) - known)
-        if unknown:
-            raise KeyError(f"KD: unknown keys {unknown} (known: {sorted(known)})")
+        check(kd_cfg, self.CONFIG_SCHEMA, "KD", "Distiller")
         self.det_loss_weight = float(kd_cfg.get("DET_LOSS_WEIGHT", 1.0))
         self.warmup = float(kd_cfg.get("WARMUP", 0.0))
         if not 0.0 <= self.warmup <= 1.0:

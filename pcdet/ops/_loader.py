@@ -47,3 +47,10 @@ def load_extension(name):
 def cuda_supported(module):
     """True when the compiled ``module`` was built with its CUDA kernels."""
     return module is not None and bool(module.with_cuda())
+
+
+def cuda_status():
+    """{extension name: built with its CUDA kernels} for every op that has CUDA sources (scripts/gpu_check.sh)."""
+    from .ext_list import extension_specs
+
+    return {name: cuda_supported(load_extension(name)) for name, _, cuda in extension_specs() if cuda}

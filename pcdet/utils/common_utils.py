@@ -166,6 +166,33 @@ def amp_dtype(name, who):
     return AMP_DTYPES[key]
 
 
+def cpu_has_native_bf16():
+    """Whether this CPU runs bf16 convolutions and matmuls natively (AVX512-BF16 or AMX, as oneDNN reports it).
+
+    Without it (an AVX2-only CPU) bf16 autocast falls back to slow reference kernels: measured here on a 2-core
+    AMD EPYC (AVX2), a PointPillars training step took 6.3 s under bf16 autocast against 1.4 s in float32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(value, device_type, dtype, who="OPTIMIZATION.USE_AMP"):
+    """Whether to train under autocast for the config value ``value`` (True, False or 'auto').
+
+    'auto': on CUDA always; on CPU only for bf16 on a CPU with native bf16 (``cpu_has_native_bf16``), where it is
+    faster; elsewhere float32. True / False are obeyed as given. Any other value raises naming ``who``.
+    """
+    if isinstance(value, str) and value.lower() == "auto":
+        if device_type == "cuda":
+            return True
+        return device_type == "cpu" and dtype == torch.bfloat16 and cpu_has_native_bf16()
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise ValueError(f"{who}: expected true, false or 'auto', got {value!r}")
+
+
 def to_float32(obj):
     """Copy of ``obj`` (tensor, or dict / list / tuple of them) with every fp16 / bf16 tensor cast to float32.
 

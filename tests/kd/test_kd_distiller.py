@@ -183,7 +183,8 @@ def test_warmup_ramps_every_distillation_term_linearly(setup):
         assert zero["diag_grad_kd_itkd_attn"] > 0 and zero["diag_grad_kd_itkd_t2s"] > 0
         with pytest.raises(ValueError, match="WARMUP"):
             from pcdet.kd.distiller import Distiller
-            Distiller(student, distiller.teacher, {"HEADS": [{"NAME": "FitNet"}], "WARMUP": 1.5},
+            Distiller(student, distiller.teacher, {"HEADS": [{"NAME": "FitNet", "TEACHER_TAP": "t", "STUDENT_TAP": "s",
+                                                         "LOSS_WEIGHT": 1.0}], "WARMUP": 1.5},
                       distiller.teacher_grid, distiller.student_grid, batch)
     finally:
         distiller.warmup, distiller.total_iters = saved[0], saved[1]

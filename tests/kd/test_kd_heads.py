@@ -6,6 +6,8 @@ import pytest
 import torch
 from easydict import EasyDict
 
+from pcdet.config import ConfigError
+
 from pcdet.kd.distill_heads import KD_HEADS, GridInfo, KDContext
 
 CENTER_CFG = {"DENSE_HEAD": {
@@ -341,7 +343,7 @@ def test_pointdistiller_bev_mode_uses_teacher_max_and_config_checks():
     loss = head({"feature": ([f_t], [f_s])}, {})["kd_pointdistiller"]
     loss.backward()
     assert f_s.grad.abs().sum() > 0
-    with pytest.raises(KeyError, match="TAU"):
+    with pytest.raises(ConfigError, match="TAU: missing required key 'TAU' of PointDistillerHead"):
         KD_HEADS.get("PointDistiller")(EasyDict({"NAME": "PointDistiller", "TEACHER_TAP": "t", "STUDENT_TAP": "s",
                                                  "NUM_KEEP": 1, "K": 1, "LOSS_WEIGHT": 1, "GRAPH_CHANNELS": 2}),
                                        _ctx({"feature": ([(4, 2)], [(4, 2)])}))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kd_tiny_setup as S
-from pcdet.config import cfg_from_yaml_file
+from pcdet.config import ConfigError, cfg_from_yaml_file
 from pcdet.kd import build_distiller
 from pcdet.models import build_network
 from pcdet.utils.common_utils import to_channels_last
@@ -69,5 +69,6 @@ def test_teacher_precision_and_unknown_teacher_key_errors(tmp_path):
     cfg.KD.TEACHER.PRECISON = "bf16"
     dataset = S.make_dataset(cfg, tmp_path / "b")
     student = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), dataset)
-    with pytest.raises(KeyError, match="KD.TEACHER: unknown keys \\['PRECISON'\\]"):
+    with pytest.raises(ConfigError, match=r"KD\.TEACHER\.PRECISON: unknown key 'PRECISON' for Distiller; "
+                                          r"did you mean 'PRECISION'\?"):
         build_distiller(cfg, student, dataset, cfg_file=kd_path)

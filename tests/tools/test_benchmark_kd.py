@@ -131,7 +131,7 @@ def test_derived_kd_config_is_student_config_plus_kd_block(tmp_path):
     head = cfg.KD.HEADS[0]
     assert head.NAME == "PointDistiller" and head.NUM_KEEP == 2048 and head.K == 32   # preset compute override
     assert cfg.DATA_CONFIG.DATA_AUGMENTOR.DISABLE_AUG_LIST == ["gt_sampling"]
-    assert cfg.OPTIMIZATION.USE_AMP is True and cfg.OPTIMIZATION.CHANNELS_LAST is True
+    assert cfg.OPTIMIZATION.USE_AMP == "auto" and cfg.OPTIMIZATION.CHANNELS_LAST is True
     assert cfg.KD.TEACHER.CHANNELS_LAST is True
     teacher_cfg = cfg_from_yaml_file(cfg.KD.TEACHER.CFG_FILE)
     assert teacher_cfg.MODEL.WIDTH == run.teacher.width and "KD" not in teacher_cfg
@@ -166,7 +166,7 @@ def _fake_results(bench, values, split="val", seeds_shift=None):
         path = bench.result_path(run, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"metrics": metrics, "params": 1000, "flops": 2e9, "latency_ms": 5.0,
-                                    "train_seconds": 60.0, "device": "cpu"}))
+                                    "train_seconds": 60.0, "device": "cpu", "cfg_hash": bench.cfg_hash(run)}))
 
 
 def test_report_paired_gain_interval_gap_and_json(tmp_path):

@@ -168,3 +168,19 @@ def test_to_channels_last_only_touches_4d_weights_and_keeps_values():
     out = to_float32({"a": torch.ones(2, dtype=torch.bfloat16), "b": [torch.ones(1, dtype=torch.float16)],
                       "c": torch.ones(1, dtype=torch.int64)})
     assert out["a"].dtype == torch.float32 and out["b"][0].dtype == torch.float32 and out["c"].dtype == torch.int64
+
+
+def test_resolve_amp_follows_the_value_and_the_hardware(monkeypatch):
+    from pcdet.utils import common_utils as cu
+
+    assert cu.resolve_amp(True, "cpu", torch.bfloat16) is True
+    assert cu.resolve_amp(False, "cuda", torch.float16) is False
+    assert cu.resolve_amp(None, "cpu", torch.bfloat16) is False
+    assert cu.resolve_amp("auto", "cuda", torch.float16) is True
+    monkeypatch.setattr(cu, "cpu_has_native_bf16", lambda: False)
+    assert cu.resolve_amp("auto", "cpu", torch.bfloat16) is False      # AVX2 only: float32
+    monkeypatch.setattr(cu, "cpu_has_native_bf16", lambda: True)
+    assert cu.resolve_amp("AUTO", "cpu", torch.bfloat16) is True       # AMX / AVX512-BF16
+    assert cu.resolve_amp("auto", "cpu", torch.float16) is False       # fp16 autocast on CPU is never chosen
+    with pytest.raises(ValueError, match="OPTIMIZATION.USE_AMP: expected true, false or 'auto', got 'yes'"):
+        cu.resolve_amp("yes", "cpu", torch.bfloat16)

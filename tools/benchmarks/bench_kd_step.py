@@ -31,6 +31,15 @@ from pcdet.utils.common_utils import amp_dtype, to_channels_last
 TOOLS = Path(__file__).resolve().parents[1]
 CASES = (("itKD CenterPoint", "cfgs/kd/itkd_centerpoint.yaml"),
          ("PointDistiller PointPillars", "cfgs/kd/pointdistiller_pointpillar.yaml"))
+# --all_methods adds every other shipped KD method and detector pairing (scripts/gpu_check.sh uses it)
+MORE_CASES = (("FitNet PointPillars", "cfgs/kd/fitnet_pointpillar.yaml"),
+              ("Logit KD PointPillars", "cfgs/kd/logit_kd_pointpillar.yaml"),
+              ("FitNet CenterPoint", "cfgs/kd/fitnet_centerpoint.yaml"),
+              ("Logit KD CenterPoint", "cfgs/kd/logit_kd_centerpoint.yaml"),
+              ("PointDistiller SECOND", "cfgs/kd/pointdistiller_second.yaml"),
+              ("PointDistiller CenterPoint", "cfgs/kd/pointdistiller_centerpoint.yaml"),
+              ("itKD CenterPoint-pillar", "cfgs/kd/itkd_centerpoint_pillar.yaml"))
+ALL_CASES = CASES + MORE_CASES
 
 
 class SyntheticFrames(DatasetTemplate):
@@ -174,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES),
                         help="fp32: everything fp32; bf16-teacher: KD.TEACHER.PRECISION bf16 + channels_last, "
                              "student fp32; amp: both steps under bf16 autocast (fp16 on GPUs without bf16)")
+    parser.add_argument("--all_methods", action="store_true", help="also FitNet, logit KD and the other pairings")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--verbose", action="store_true", help="log the distiller's construction")
     parser.add_argument("--_one", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -183,10 +194,10 @@ def main(argv=None):
     if args._one:
         case, mode = args._one
         with tempfile.TemporaryDirectory() as tmp:
-            print("RESULT " + json.dumps(run_case(case, dict(CASES)[case], mode, args, device, logger, tmp)))
+            print("RESULT " + json.dumps(run_case(case, dict(ALL_CASES)[case], mode, args, device, logger, tmp)))
         return
     rows = []
-    for name, _ in CASES:
+    for name, _ in (ALL_CASES if args.all_methods else CASES):
         if args.cases and not any(c.lower() in name.lower() for c in args.cases):
             continue
         for mode in args.modes:  # one process per row: CPU peak RSS is per process
@@ -208,6 +219,9 @@ def main(argv=None):
         flag = "" if ratio <= 1.3 else "  (> 1.3x target)"
         print(f"{r['case']:<29}{r['mode']:<31}{r['voxels']:>7}{r['student_s']:>10.3f}{r['kd_s']:>8.3f}"
               f"{r['teacher_s']:>14.3f}{ratio:>7.2f}{bound:>7.2f}   {r['mem_student']:.0f} / {r['mem_kd']:.0f}{flag}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": str(device), "batch_size": args.batch_size,
+                                               "iters": args.iters, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def main(argv=None):
     iters = args.train_iters or len(loader)
     if hasattr(distiller, "set_schedule"):
         distiller.set_schedule(len(loader) * epochs)
-    use_amp = bool(cfg.OPTIMIZATION.get("USE_AMP", False))
+    use_amp = common_utils.resolve_amp(cfg.OPTIMIZATION.get("USE_AMP", False), "cpu", torch.bfloat16)
     fixed = [load_data_to_device(train_set.collate_batch([train_set[i] for i in range(k, k + batch_size)]))
              for k in range(0, args.measure_batches * batch_size, batch_size)]
     distiller.train()

@@ -9,6 +9,7 @@ from functools import partial
 import numpy as np
 
 from ... import batch_keys as K
+from ...config_schema import opt, req
 from ...utils import common_utils
 from . import augmentor_utils
 
@@ -21,7 +22,19 @@ class DataAugmentor:
     gt-sampling collision check and are removed at the end.
     """
 
-    AUGMENTATIONS = ("gt_sampling", "random_world_flip", "random_world_rotation", "random_world_scaling")
+    # the keys of each augmentation's block of DATA_AUGMENTOR.AUG_CONFIG_LIST (besides NAME)
+    STEP_SCHEMAS = {
+        "gt_sampling": {
+            "DB_INFO_PATH": req(list), "SAMPLE_GROUPS": req(list), "NUM_POINT_FEATURES": req(int),
+            "PREPARE": opt(dict, keys={"filter_by_min_points": opt(list), "filter_by_difficulty": opt(list)}),
+            "DATABASE_WITH_FAKELIDAR": opt(bool), "REMOVE_EXTRA_WIDTH": opt(list), "LIMIT_WHOLE_SCENE": opt(bool),
+            "USE_ROAD_PLANE": opt(bool)},
+        "random_world_flip": {"ALONG_AXIS_LIST": req(list)},
+        "random_world_rotation": {"WORLD_ROT_ANGLE": req(list, float)},
+        "random_world_scaling": {"WORLD_SCALE_RANGE": req(list)},
+        "random_world_translation": {"NOISE_TRANSLATE_STD": req(list, float)},
+    }
+    AUGMENTATIONS = tuple(STEP_SCHEMAS)
 
     def __init__(self, root_path, augmentor_configs, class_names, logger=None):
         self.root_path = root_path
@@ -87,6 +100,22 @@ class DataAugmentor:
     def _world_scaling(data_dict, scale_range):
         gt_boxes, points, _ = augmentor_utils.global_scaling(data_dict[K.GT_BOXES], data_dict[K.POINTS], scale_range)
         data_dict[K.GT_BOXES], data_dict[K.POINTS] = gt_boxes, points
+        return data_dict
+
+    def random_world_translation(self, config):
+        std = config.NOISE_TRANSLATE_STD
+        std = [float(std)] * 3 if not isinstance(std, (list, tuple)) else [float(v) for v in std]
+        if len(std) != 3 or min(std) < 0:
+            raise ValueError(f"random_world_translation.NOISE_TRANSLATE_STD: expected 3 non-negative stds (x, y, z) "
+                             f"or one, got {config.NOISE_TRANSLATE_STD}")
+        return partial(self._world_translation, std=np.asarray(std, dtype=np.float32))
+
+    @staticmethod
+    def _world_translation(data_dict, std):
+        """Shift the scene (points and boxes) by one offset drawn from N(0, std) per axis."""
+        offset = np.random.normal(0.0, std).astype(np.float32)
+        data_dict[K.POINTS][:, :3] += offset
+        data_dict[K.GT_BOXES][:, :3] += offset
         return data_dict
 
     def forward(self, data_dict):

@@ -26,6 +26,7 @@ from .. import DATASETS
 from ..dataset import DatasetTemplate, resolve_data_path
 from ..info_io import read_pickle, write_pickle
 from . import kitti_utils
+from ...config_schema import opt, req
 
 KITTI_CLASSES = ["Car", "Pedestrian", "Cyclist"]
 _MAX_LISTED_MISSING = 20
@@ -50,6 +51,12 @@ def warn_empty_scan(dataset, frame_id, when):
 
 class KittiDataset(DatasetTemplate):
     """KITTI dataset. Infos (``INFO_PATH[mode]`` pickles under the root) drive ``__getitem__``."""
+
+    CONFIG_SCHEMA = {
+        "DATA_SPLIT": req(dict, keys={"train": req(str), "test": req(str)}),
+        "INFO_PATH": req(dict, keys={"train": req(list), "test": req(list)}),
+        "DEFAULT_IMAGE_SHAPE": opt(list), "GET_ITEM_LIST": opt(list), "FOV_POINTS_ONLY": opt(bool),
+    }
 
     def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None, load_infos=True):
         """``load_infos=False``: do not read ``INFO_PATH`` (``create_kitti_infos`` builds them)."""

@@ -33,10 +33,17 @@ from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from .. import DATASETS
 from ..dataset import DatasetTemplate, resolve_data_path, _to_numpy
 from . import nuscenes_utils
+from ...config_schema import opt, req
 
 
 class NuScenesDataset(DatasetTemplate):
     """nuScenes (and nuScenes-like) dataset driven by the info pickles listed in ``INFO_PATH[mode]``."""
+
+    CONFIG_SCHEMA = {
+        "VERSION": req(str), "MAX_SWEEPS": opt(int), "BALANCED_RESAMPLING": opt(bool),
+        "INFO_PATH": req(dict, keys={"train": req(list), "test": req(list)}),
+        "FILTER_MIN_POINTS_IN_GT": opt(int), "PRED_VELOCITY": opt(bool), "EVAL_BACKEND": opt(str),
+    }
 
     def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):
         base = Path(root_path) if root_path is not None else resolve_data_path(dataset_cfg.DATA_PATH)

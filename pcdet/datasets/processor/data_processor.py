@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ... import batch_keys as K
+from ...config_schema import opt, req
 from ...ops.voxel_count import voxel_point_counts
 from ...utils import box_utils, common_utils
 
@@ -68,7 +69,15 @@ class DataProcessor:
     ``grid_size`` np.int64 ``[nx, ny, nz]`` or None (set by ``transform_points_to_voxels``).
     """
 
-    STEPS = ("mask_points_and_boxes_outside_range", "shuffle_points", "transform_points_to_voxels")
+    # the keys of each step's block of DATA_PROCESSOR (besides NAME)
+    STEP_SCHEMAS = {
+        "mask_points_and_boxes_outside_range": {"REMOVE_OUTSIDE_BOXES": opt(bool), "min_num_corners": opt(int)},
+        "shuffle_points": {"SHUFFLE_ENABLED": req(dict, keys={"train": req(bool), "test": req(bool)})},
+        "transform_points_to_voxels": {
+            "VOXEL_SIZE": req(list), "MAX_POINTS_PER_VOXEL": req(int),
+            "MAX_NUMBER_OF_VOXELS": req(dict, keys={"train": req(int), "test": req(int)})},
+    }
+    STEPS = tuple(STEP_SCHEMAS)
 
     def __init__(self, processor_configs, point_cloud_range, training, num_point_features):
         self.point_cloud_range = np.asarray(point_cloud_range, dtype=np.float32)

@@ -38,6 +38,7 @@ from .. import DATASETS
 from ..dataset import DatasetTemplate, resolve_data_path
 from ..info_io import REBUILD_WAYMO, read_pickle, write_pickle
 from . import waymo_eval
+from ...config_schema import opt, req
 
 WAYMO_CLASSES = ["Vehicle", "Pedestrian", "Cyclist"]
 
@@ -50,6 +51,12 @@ def sequence_name_of(line):
 
 class WaymoDataset(DatasetTemplate):
     """Waymo dataset over ``<PROCESSED_DATA_TAG>/`` sequences; infos drive ``__getitem__``."""
+
+    CONFIG_SCHEMA = {
+        "PROCESSED_DATA_TAG": req(str), "DATA_SPLIT": req(dict, keys={"train": req(str), "test": req(str)}),
+        "SAMPLED_INTERVAL": opt(dict, keys={"train": opt(int), "test": opt(int)}),
+        "DISABLE_NLZ_FLAG_ON_POINTS": opt(bool), "FILTER_EMPTY_BOXES_FOR_TRAIN": opt(bool),
+    }
 
     def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):
         super().__init__(dataset_cfg=dataset_cfg, class_names=class_names, training=training,

@@ -36,12 +36,18 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--family", nargs="*", default=None, help="only these families (default: all)")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="only these methods of each family (e.g. none: the student-alone runs, which need no "
+                             "teacher); the report still covers every result present")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--tune", action="store_true", help="run the tuning sweep, evaluated on the tune split")
     mode.add_argument("--retrain-teachers", dest="retrain_teachers", action="store_true",
                       help="train the zoo teachers and their 1.5x-epochs runs, export them to model_zoo/")
     parser.add_argument("--work_dir", default=None, help="default: output/benchmark_kd/<preset>")
     parser.add_argument("--data_dir", default=None, help="default: data/synthetic_kitti_<data name>")
+    parser.add_argument("--results_dir", default=None,
+                        help="where the result files go (default: docs/benchmark_runs/<preset> for a preset that "
+                             "keeps its results in the repository, else <work_dir>/results)")
     parser.add_argument("--zoo_dir", default=str(REPO_ROOT / "model_zoo"))
     parser.add_argument("--fp16_zoo", action="store_true", help="export zoo weights in fp16")
     parser.add_argument("--jobs", type=int, default=None, help="training runs in parallel (default: preset)")
@@ -71,6 +77,8 @@ def main(argv=None):
     data_dir = Path(args.data_dir or default_data_dir(args.preset, preset))
     work_dir.mkdir(parents=True, exist_ok=True)
     manifest = Path(args.zoo_dir) / "manifest.json"
+    results_dir = Path(args.results_dir) if args.results_dir else (
+        REPO_ROOT / "docs" / "benchmark_runs" / args.preset if preset.get("results_in_repo") else work_dir / "results")
     t_start = time.time()
     with open(work_dir / "benchmark.log", "a") as log_file:
         def log(msg):
@@ -80,7 +88,7 @@ def main(argv=None):
             log_file.flush()
 
         bench = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, families=args.family,
-                          zoo_manifest=manifest)
+                          zoo_manifest=manifest, results_dir=results_dir, methods=args.methods)
         splits = ("tune",) if mode == "tune" else ("val",)
         runner = Runner(bench, device=args.device, threads=args.threads, jobs=args.jobs, log=log, eval_splits=splits)
         log(f"preset {args.preset}, mode {mode}, families {bench.families}: {len(bench.runs)} runs, "
@@ -96,7 +104,8 @@ def main(argv=None):
             runner.export_teachers(args.zoo_dir, manifest, fp16=args.fp16_zoo)
             return
         # the report covers every family of the preset that has results (earlier invocations included)
-        full = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest)
+        full = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest,
+                         results_dir=results_dir)
         records = collect(full, splits[0])
         walls = _record_wall(work_dir, mode, bench.families, wall)
         if mode == "tune":

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .plan import TOOLS_DIR
+from .plan import TOOLS_DIR, repo_relative
 
 
 def eval_split_overrides(split):
@@ -29,6 +29,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--train_seconds", type=float, default=0.0)
     parser.add_argument("--cfg_hash", default=None, help="the run's hash, stored for the reuse check")
+    parser.add_argument("--log_dir", default=None, help="evaluation log and detections (default: next to --out)")
     parser.add_argument("--summary", action="store_true", help="also params, FLOPs and latency")
     parser.add_argument("--latency_frames", type=int, default=20)
     parser.add_argument("--batch_size", type=int, default=4)
@@ -50,7 +51,9 @@ def main(argv=None):
     cfg.CFG_FILE = args.cfg_file
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    logger = common_utils.create_logger(out.with_suffix(".log"), rank=0)
+    log_dir = Path(args.log_dir) if args.log_dir else out.parent
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = common_utils.create_logger(log_dir / (out.stem + ".log"), rank=0)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset, loader, _ = build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size=args.batch_size, dist=False,
                                           workers=0, logger=logger, training=False)
@@ -61,11 +64,11 @@ def main(argv=None):
     t0 = time.time()
     ns = argparse.Namespace(save_to_file=False)
     metrics = eval_utils.eval_one_epoch(cfg, ns, model, loader, epoch, logger,
-                                        result_dir=out.parent / (out.stem + "_eval"))
+                                        result_dir=log_dir / (out.stem + "_eval"))
     result = {"metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
               "split": args.split, "num_frames": len(dataset), "epoch": epoch, "eval_seconds": time.time() - t0,
               "train_seconds": args.train_seconds, "device": str(device), "threads": torch.get_num_threads(),
-              "cfg_text": Path(args.cfg_file).read_text(), "cfg_hash": args.cfg_hash}
+              "cfg_text": repo_relative(Path(args.cfg_file).read_text()), "cfg_hash": args.cfg_hash}
     if args.summary:
         _, loader1, _ = build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size=1, dist=False, workers=0,
                                          logger=logger, training=False)

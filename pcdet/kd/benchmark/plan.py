@@ -64,6 +64,12 @@ def run_priority(run):
     return (run.method != "teacher", -run.cost)
 
 
+def repo_relative(text):
+    """``text`` with this checkout's absolute path replaced by ``<repo>``: config hashes and stored configs do not
+    depend on where the repository was cloned."""
+    return str(text).replace(str(REPO_ROOT), "<repo>")
+
+
 def write_yaml(path, data):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +96,8 @@ class Benchmark:
     plan to those families.
     """
 
-    def __init__(self, preset_name, preset, work_dir, data_dir, mode="final", families=None, zoo_manifest=None):
+    def __init__(self, preset_name, preset, work_dir, data_dir, mode="final", families=None, zoo_manifest=None,
+                 results_dir=None, methods=None):
         if mode not in ("final", "tune", "teachers"):
             raise BenchmarkError(f"benchmark mode must be final, tune or teachers, got {mode!r}")
         self.preset_name = preset_name
@@ -103,7 +110,18 @@ class Benchmark:
             raise BenchmarkError(f"preset {preset_name}: no families {unknown} (has {sorted(preset['families'])})")
         self.families = list(families) if families else list(preset["families"])
         self.zoo_manifest = Path(zoo_manifest).resolve() if zoo_manifest else None   # subprocesses run in tools/
+        # the result files (metrics per run, split and curve epoch); outside work_dir when they are kept in the
+        # repository (the cpu preset: docs/benchmark_runs/cpu), so a later session reuses what has run
+        self.results_dir = Path(results_dir).resolve() if results_dir else self.work_dir / "results"
         self.runs = self._plan()
+        if methods:
+            known = {m for f in self.families for m in preset["families"][f]["methods"]}
+            unknown_methods = sorted(set(methods) - known)
+            if unknown_methods:
+                raise BenchmarkError(f"preset {preset_name}: no methods {unknown_methods} in families "
+                                     f"{self.families} (has {sorted(known)})")
+            # a zoo teacher stays (it is evaluated, not trained) so the report has its row
+            self.runs = [r for r in self.runs if r.method in methods or (r.method == "teacher" and r.zoo)]
         self._check_distinct()
 
     # ------------------------------------------------------------------ planning
@@ -204,8 +222,13 @@ class Benchmark:
             extra["teacher"] = self._zoo_sha(t.zoo) if t.zoo else self.cfg_hash(t)
             extra["teacher_cfg"] = load_yaml(self.teacher_cfg_file(t)) if t.zoo else None
         extra["max_iters_per_epoch"] = self.preset.get("max_iters_per_epoch") if run.method != "teacher" else None
+        if str(data.get("OPTIMIZATION", {}).get("USE_AMP", "")).lower() == "auto":
+            # 'auto' trains in bf16 or float32 by machine: runs of the two kinds are different runs (not paired)
+            from ...utils.common_utils import cpu_has_native_bf16
+
+            extra["cpu_native_bf16"] = cpu_has_native_bf16()
         text = json.dumps({"cfg": data, "extra": extra}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
+        return hashlib.sha256(repo_relative(text).encode()).hexdigest()[:10]
 
     def _zoo_sha(self, name):
         from ...model_zoo import zoo_entry
@@ -241,7 +264,19 @@ class Benchmark:
 
     def result_path(self, run, split, epoch=None):
         suffix = "" if epoch in (None, run.epochs) else f"_e{epoch}"
-        return self.work_dir / "results" / split / f"{run.name}{suffix}.json"
+        return self.results_dir / split / f"{run.name}{suffix}.json"
+
+    def load_result(self, run, split, epoch=None):
+        """The result of ``run`` on ``split`` (at ``epoch``) if it exists and was computed for the run's current
+        config (same ``cfg_hash``), else None: a result of an edited config is never reused or reported."""
+        path = self.result_path(run, split, epoch)
+        if not path.is_file():
+            return None
+        try:
+            res = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return res if res.get("cfg_hash") == self.cfg_hash(run) else None
 
     def _manifest_kw(self):
         return {"path": self.zoo_manifest} if self.zoo_manifest else {}

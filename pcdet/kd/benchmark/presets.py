@@ -9,6 +9,8 @@ A preset is a plain dict; ``plan.Benchmark`` turns it into runs. Keys:
 - ``seeds``: the paired seeds (a seed fixes the student's initialisation and data order for every method).
 - ``teacher_epochs`` (teachers trained by the preset; a zoo teacher's come from its config), ``student_epochs``
   (an int or a family -> int dict), ``batch_size``, ``jobs``.
+- ``results_in_repo`` (optional): the result files are kept in docs/benchmark_runs/<preset> (committed), so runs
+  that outlive one machine are not redone; a result is reused only under its run's config hash.
 - ``max_iters_per_epoch`` (optional): caps the students' iterations per epoch (train.py's flag; the main job).
 - ``data_overrides``, ``optimization_overrides``, ``teacher_overrides``: merged into every derived config.
 - ``kd_overrides``: method -> family -> overrides of the KD block, frozen from the tuning sweep
@@ -42,9 +44,10 @@ METHOD_LABELS = {"teacher": "Teacher", "none": "Student alone", "logit_kd": "Log
 METHOD_ORDER = ["teacher", "none", "logit_kd", "fitnet", "pointdistiller", "itkd"]
 
 # fixed before any run, for CPU compute only: GT sampling dominates data loading on 2 cores; bf16 autocast with
-# channels_last weights gives 1.5-1.9x faster steps on this AMX CPU
+# channels_last weights gave 1.5-1.9x faster steps on an AMX CPU, but 4.5x slower ones on an AVX2-only CPU, so the
+# precision is 'auto' (bf16 where the CPU has native bf16, else float32) and the run hash records which it was
 _CPU_DATA = {"DATA_AUGMENTOR": {"DISABLE_AUG_LIST": ["gt_sampling"]}}
-_CPU_OPT = {"USE_AMP": True, "AMP_DTYPE": "bf16", "CHANNELS_LAST": True}
+_CPU_OPT = {"USE_AMP": "auto", "AMP_DTYPE": "bf16", "CHANNELS_LAST": True}
 
 # the data of the `cpu` benchmark and of the shipped zoo teachers: 1500 frames, 500 val, 200 tune, 800 train
 CPU_DATA = dict(num_frames=1500, seed=0, val_fraction=0.33334, tune_fraction=0.13334, preset="default")
@@ -56,7 +59,8 @@ PRESETS = {
         data=CPU_DATA, seeds=[0], jobs=2,
         families={"pointpillar": dict(teacher="zoo:pointpillar_w0.5", teacher_width=0.5, student_rel_widths=[0.5],
                                       methods=["none", "pointdistiller"])},
-        student_epochs=3, batch_size=4,
+        # 3 epochs of 110 iterations (of 200): the job fits 15 minutes with set-up on a 2-core AVX2 CPU in float32
+        student_epochs=3, batch_size=4, max_iters_per_epoch=110,
         data_overrides=_CPU_DATA, optimization_overrides=_CPU_OPT, teacher_overrides={"CHANNELS_LAST": True},
         kd_overrides={"pointdistiller": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16}}},
         note="A demonstration of the whole path (shipped teacher, one seed, 3-epoch students, untuned KD "
@@ -65,7 +69,7 @@ PRESETS = {
     # The CPU benchmark: shipped teachers (model_zoo/), the papers' students, 3 paired seeds, val 500 frames.
     # One family at a time (--family) fits the 2-core budget; the table merges whatever has run.
     "cpu": dict(
-        data=CPU_DATA, seeds=[0, 1, 2], jobs=2,
+        data=CPU_DATA, seeds=[0, 1, 2], jobs=2, results_in_repo=True,
         families={
             "pointpillar": dict(teacher="zoo:pointpillar_w0.5", teacher_width=0.5, student_rel_widths=[0.5],
                                 methods=["none", "logit_kd", "fitnet", "pointdistiller"]),

@@ -23,17 +23,16 @@ def collect(bench, split, class_names=CLASSES):
     mapbev_mod, maploose_mod, per_class, params, flops, latency_ms, train_seconds, curve ([[epoch, map3d]])."""
     records = []
     for run in bench.runs:
-        path = bench.result_path(run, split)
-        if not path.is_file():
+        res = bench.load_result(run, split)
+        if res is None:
             continue
-        res = json.loads(path.read_text())
         m = res["metrics"]
         curve = []
         if run.curve and bench.preset.get("curve_every"):
             for epoch in bench.curve_epochs(run):
-                p = bench.result_path(run, split, epoch)
-                if p.is_file():
-                    curve.append([epoch, moderate_map(json.loads(p.read_text())["metrics"], class_names)])
+                res_e = bench.load_result(run, split, epoch)
+                if res_e is not None:
+                    curve.append([epoch, moderate_map(res_e["metrics"], class_names)])
             curve.append([run.epochs, moderate_map(m, class_names)])
         records.append(dict(
             family=run.family, method=run.method, label=run.label, width=run.width, seed=run.seed,

@@ -85,26 +85,27 @@ class Runner:
 
     def evaluate(self, run, split, epoch=None, summary=False, train_s=0.0):
         bench = self.bench
+        old = bench.load_result(run, split, epoch)
+        if old is not None:
+            return old
         out = bench.result_path(run, split, epoch)
-        cfg_text = bench.cfg_path(run).read_text()
-        cfg_hash = bench.cfg_hash(run)
         if out.is_file():
-            try:
-                old = json.loads(out.read_text())
-                if old.get("cfg_text") == cfg_text and old.get("cfg_hash") == cfg_hash:
-                    return old
-            except ValueError:
-                pass
-            out.unlink()
-        cmd = [self.python, "-m", "pcdet.kd.benchmark.evaluate", "--cfg_file", str(bench.cfg_path(run)),
-               "--ckpt", str(bench.ckpt_path(run, epoch)), "--split", split, "--out", str(out),
-               "--device", self.device, "--train_seconds", f"{train_s:.1f}", "--cfg_hash", cfg_hash] \
-            + (["--summary"] if summary else [])
+            out.unlink()        # a result of another config under this run's name
         log_dir = bench.work_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         tag = f"{run.name}.{split}" + (f".e{epoch}" if epoch else "")
+        cmd = [self.python, "-m", "pcdet.kd.benchmark.evaluate", "--cfg_file", str(bench.cfg_path(run)),
+               "--ckpt", str(bench.ckpt_path(run, epoch)), "--split", split, "--out", str(out),
+               "--log_dir", str(bench.work_dir / "eval" / tag), "--device", self.device,
+               "--train_seconds", f"{train_s:.1f}", "--cfg_hash", bench.cfg_hash(run)] \
+            + (["--summary"] if summary else [])
         self._check_call(cmd, f"evaluating {tag}", log_file=log_dir / f"{tag}.eval.log")
         return json.loads(out.read_text())
+
+    def results_complete(self, run):
+        """Whether every result the run needs (each split, each curve epoch) exists for its current config."""
+        return all(self.bench.load_result(run, split, epoch) is not None
+                   for split in self.splits_of(run) for epoch in [None] + self.curve_epochs(run))
 
     def train(self, run):
         """Train ``run`` unless its final checkpoint exists; returns the training seconds (0 when reused)."""
@@ -133,6 +134,9 @@ class Runner:
     def train_and_eval(self, run):
         bench = self.bench
         bench.write_cfg(run)
+        if self.results_complete(run):
+            self.log(f"{run.name}: every result present for config {bench.cfg_hash(run)}, reused")
+            return
         t0 = time.time()
         train_s = self.train(run)
         for split in self.splits_of(run):
@@ -184,7 +188,8 @@ class Runner:
         entries = {e["name"]: e for e in manifest["teachers"]}
         classes = None
         for run in [r for r in bench.runs if r.method == "teacher" and not r.longer]:
-            if not bench.result_path(run, "val").is_file():
+            final = bench.load_result(run, "val")
+            if final is None:
                 self.log(f"zoo: {run.name} has no val result yet, not exported")
                 continue
             longer = next(r for r in bench.runs if r.longer and r.family == run.family)
@@ -194,21 +199,26 @@ class Runner:
             classes = list(cfg.CLASS_NAMES)
             curve = []
             for epoch in self.curve_epochs(run) + [run.epochs]:
-                res = json.loads(bench.result_path(run, "val", epoch).read_text())
+                res = bench.load_result(run, "val", epoch)
                 curve.append([epoch, round(moderate_map(res["metrics"], classes), 3)])
             longer_map = None       # the 1.5x run may still be training: exported again once it is done
-            if bench.result_path(longer, "val").is_file():
-                res_longer = json.loads(bench.result_path(longer, "val").read_text())
+            res_longer = bench.load_result(longer, "val")
+            if res_longer is not None:
                 longer_map = round(moderate_map(res_longer["metrics"], classes), 3)
-            final = json.loads(bench.result_path(run, "val").read_text())
             extra = {"curve": curve, "longer": {"epochs": longer.epochs, "map3d_mod": longer_map},
                      "val_map3d_mod": curve[-1][1],
                      "val_per_class_3d_mod": {c: round(final["metrics"][f"{c}_3d/moderate_R40"], 3) for c in classes},
-                     "train_minutes": round(training_minutes(bench.run_dir(run)), 1)}
+                     "train_minutes": round(training_minutes(bench.run_dir(run))
+                                            or final.get("train_seconds", 0.0) / 60.0, 1)}
             rel_cfg = bench.base_cfg_file(run).relative_to(TOOLS_DIR.parent)
             out = Path(zoo_dir) / f"{name}.pth"
-            source = file_sha256(bench.ckpt_path(run))
+            # the training checkpoint is gone when its results came from the repository's result store (a later
+            # session): the exported weights are then kept if their tag matches
+            source = file_sha256(bench.ckpt_path(run)) if bench.ckpt_path(run).is_file() else None
             tag = _existing_tag(out, cfg, bench.data_dir, source)
+            if tag is None and source is None:
+                raise BenchmarkError(f"zoo: {run.name} has results but neither its checkpoint "
+                                     f"{bench.ckpt_path(run)} nor a matching {out} to export")
             if tag is None:     # results (curve, 1.5x run) live in the manifest: the weights are written once
                 _, tag = export_zoo_checkpoint(bench.ckpt_path(run), cfg, rel_cfg, bench.data_dir, out, name,
                                                run.family, fp16=fp16, extra={"source_sha256": source})
@@ -241,7 +251,7 @@ def _existing_tag(path, cfg, data_dir, source_sha256):
     try:
         tag = read_checkpoint(path)[1].get("zoo")
         if tag and tag.get("config_hash") == config_hash(cfg) and tag.get("data") == data_signature(data_dir) \
-                and tag.get("source_sha256") in (source_sha256, None):
+                and (source_sha256 is None or tag.get("source_sha256") in (source_sha256, None)):
             return tag
     except (CheckpointReadError, ZooError):
         pass

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...config_schema import check_module, opt
 from ...registry import Registry
 
 KD_HEADS = Registry("KD_HEADS")
@@ -60,8 +61,7 @@ class KDHead(nn.Module):
     student_values)`` lists in tap order.
     """
 
-    KEYS = ()  # config keys a head reads (besides NAME and TAG); anything else is rejected as a typo
-    SUB_KEYS = {}  # nested blocks: key -> allowed keys
+    CONFIG_SCHEMA = {"TAG": opt(str)}  # keys a head reads (subclasses add theirs); anything else is an error
 
     def __init__(self, cfg, ctx):
         super().__init__()
@@ -70,14 +70,10 @@ class KDHead(nn.Module):
         self.check_keys(cfg)
 
     @classmethod
-    def check_keys(cls, cfg):
-        unknown = sorted(set(cfg) - set(cls.KEYS) - {"NAME", "TAG"})
-        if unknown:
-            raise KeyError(f"KD head {cfg.get('NAME')}: unknown config keys {unknown} (known: {sorted(cls.KEYS)})")
-        for key, allowed in cls.SUB_KEYS.items():
-            extra = sorted(set(cfg.get(key, {}) or {}) - set(allowed))
-            if extra:
-                raise KeyError(f"KD head {cfg.get('NAME')}: unknown keys {extra} in {key} (known: {sorted(allowed)})")
+    def check_keys(cls, cfg, path="KD.HEADS[]"):
+        """Validate the head's block against ``CONFIG_SCHEMA`` (ConfigError naming file, dotted path, and a
+        "did you mean")."""
+        check_module(cfg, cls, path)
 
     @staticmethod
     def tap_requests(cfg):

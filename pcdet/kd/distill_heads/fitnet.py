@@ -2,12 +2,14 @@
 from ..adapters import conv1x1, resample_to
 from ..losses import masked_mse
 from .base import KD_HEADS, KDHead, bev_box_mask, channels_of, map_stride
+from ...config_schema import opt, req
 
 
 @KD_HEADS.register(name="FitNet")
 class FitNetHead(KDHead):
     """Config: TEACHER_TAP / STUDENT_TAP ((B, C, H, W) maps), LOSS_WEIGHT, FG_MASK. Term: kd_fitnet."""
-    KEYS = ("TEACHER_TAP", "STUDENT_TAP", "LOSS_WEIGHT", "FG_MASK")
+    CONFIG_SCHEMA = {"TEACHER_TAP": req(str, list), "STUDENT_TAP": req(str, list), "LOSS_WEIGHT": req(float),
+                     "FG_MASK": opt(bool)}
 
     @staticmethod
     def tap_requests(cfg):

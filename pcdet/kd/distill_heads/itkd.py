@@ -6,6 +6,7 @@ from ..adapters import ConvStack, FusionLinear, conv1x1, resample_to
 from ..losses import head_relation_inputs, masked_l1, relation_attention_loss
 from ..losses.feature import zero_like_graph
 from .base import KD_HEADS, KDHead, bev_box_mask, box_centre_cells, box_centre_pixels, channels_of, map_stride
+from ...config_schema import opt, req
 
 
 def center_head_groups(model_cfg, class_names, who):
@@ -48,10 +49,14 @@ class ITKDHead(KDHead):
     kd_itkd_attn (fused-feature term * ATTN.WEIGHT), kd_itkd_attn_rel (relation guard * ATTN.WEIGHT *
     RELATION_WEIGHT, when > 0).
     """
-    KEYS = ("TEACHER_TAP", "STUDENT_TAP", "AE", "ATTN")
-    SUB_KEYS = {"AE": ("WEIGHT", "ENCODER_WIDTHS", "FG_MASK", "CENTER_MSE_WEIGHT", "NORM"),
-                "ATTN": ("ENABLED", "WEIGHT", "TEACHER_TAP", "STUDENT_TAP", "RELATION_WEIGHT", "FUSION",
-                         "TEMPERATURE", "HM_ACTIVATION")}
+    CONFIG_SCHEMA = {
+        "TEACHER_TAP": req(str, list), "STUDENT_TAP": req(str, list),
+        "AE": opt(dict, keys={"WEIGHT": opt(float), "ENCODER_WIDTHS": opt(list), "FG_MASK": opt(bool),
+                              "CENTER_MSE_WEIGHT": opt(float), "NORM": opt(str)}),
+        "ATTN": opt(dict, keys={"ENABLED": opt(bool), "WEIGHT": opt(float), "TEACHER_TAP": opt(str, list),
+                                "STUDENT_TAP": opt(str, list), "RELATION_WEIGHT": opt(float), "FUSION": opt(str),
+                                "TEMPERATURE": opt(float), "HM_ACTIVATION": opt(str)}),
+    }
     HM_ACTIVATIONS = ("none", "sigmoid")
 
     @staticmethod

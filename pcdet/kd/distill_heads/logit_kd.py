@@ -3,6 +3,7 @@ import torch
 
 from ..losses import bernoulli_kd, heatmap_kd
 from .base import KD_HEADS, KDHead
+from ...config_schema import opt, req
 
 
 def _as_map(value, key, who):
@@ -21,7 +22,8 @@ class LogitKDHead(KDHead):
     ('anchor': sigmoid soft targets with TEMPERATURE and LOSS_TYPE kl|bce|mse; 'heatmap': teacher sigmoid heatmap
     target with LOSS_TYPE focal|mse and GAMMA), LOSS_WEIGHT. Averaged over the taps (task groups). Term: kd_logitkd.
     """
-    KEYS = ("TEACHER_TAP", "STUDENT_TAP", "TYPE", "LOSS_WEIGHT", "LOSS_TYPE", "TEMPERATURE", "GAMMA")
+    CONFIG_SCHEMA = {"TEACHER_TAP": req(str, list), "STUDENT_TAP": req(str, list), "TYPE": req(str),
+                     "LOSS_WEIGHT": req(float), "LOSS_TYPE": opt(str), "TEMPERATURE": opt(float), "GAMMA": opt(float)}
 
     @staticmethod
     def tap_requests(cfg):

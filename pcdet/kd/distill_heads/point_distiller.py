@@ -6,6 +6,7 @@ from ..adapters import GraphLayer, resample_to
 from ..losses import pointdistiller_loss, scan_softmax_weights
 from ..losses.feature import zero_like_graph
 from .base import KD_HEADS, KDHead, channels_of
+from ...config_schema import opt, req
 
 IMPORTANCE_MODES = ("auto", "points", "points_uncapped", "teacher_max")
 # batch key of each count mode: the detector's view (capped at MAX_POINTS_PER_VOXEL) or the raw count
@@ -59,8 +60,9 @@ class PointDistillerHead(KDHead):
     Term: kd_pointdistiller. Statistic: ``stats['effective_rows']``, the mean over scans of exp(entropy(phi / N))
     / N (1 = uniform weights; a warning is logged when a scan falls under 5%).
     """
-    KEYS = ("TEACHER_TAP", "STUDENT_TAP", "NUM_KEEP", "K", "TAU", "LOSS_WEIGHT", "GRAPH_CHANNELS", "EDGE_MODE",
-            "IMPORTANCE", "TEACHER_GRAPH")
+    CONFIG_SCHEMA = {"TEACHER_TAP": req(str, list), "STUDENT_TAP": req(str, list), "NUM_KEEP": req(int),
+                     "K": req(int), "TAU": req(float), "LOSS_WEIGHT": req(float), "GRAPH_CHANNELS": req(int),
+                     "EDGE_MODE": opt(str), "IMPORTANCE": opt(str), "TEACHER_GRAPH": opt(str)}
 
     @staticmethod
     def tap_requests(cfg):

@@ -6,6 +6,7 @@ import torch.nn as nn
 from . import BACKBONES_2D
 from ...batch_keys import SPATIAL_FEATURES, SPATIAL_FEATURES_2D, check_keys
 from ..model_utils.width import module_width, scaled_list
+from ...config_schema import opt, req  # noqa: F401
 
 
 def _bn(channels):
@@ -27,6 +28,11 @@ class BaseBEVBackbone(nn.Module):
 
     REQUIRED_KEYS = (SPATIAL_FEATURES,)
     PROVIDED_KEYS = (SPATIAL_FEATURES_2D,)
+
+    CONFIG_SCHEMA = {
+        "LAYER_NUMS": opt(list), "LAYER_STRIDES": opt(list), "NUM_FILTERS": opt(list), "UPSAMPLE_STRIDES": opt(list),
+        "NUM_UPSAMPLE_FILTERS": opt(list), "USE_CONV_FOR_NO_STRIDE": opt(bool), "WIDTH": opt(float),
+    }
 
     def __init__(self, model_cfg, input_channels, width=None, **kwargs):
         super().__init__()

@@ -9,6 +9,7 @@ from ...batch_keys import (BATCH_SIZE, ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TEN
                           MULTI_SCALE_3D_STRIDES, VOXEL_COORDS, VOXEL_FEATURES, check_keys)
 from ..model_utils.width import module_width, scaled
 from ...utils.spconv_utils import sparse_precision, spconv
+from ...config_schema import opt, req  # noqa: F401
 
 
 def post_act_block(in_channels, out_channels, kernel_size, indice_key=None, stride=1, padding=0,
@@ -42,6 +43,8 @@ class VoxelBackBone8x(nn.Module):
     REQUIRED_KEYS = (VOXEL_FEATURES, VOXEL_COORDS, BATCH_SIZE)
     PROVIDED_KEYS = (ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE, MULTI_SCALE_3D_FEATURES,
                      MULTI_SCALE_3D_STRIDES)
+
+    CONFIG_SCHEMA = {"WIDTH": opt(float), "last_pad": opt(int)}
 
     def __init__(self, model_cfg, input_channels, grid_size, width=None, **kwargs):
         super().__init__()

@@ -12,6 +12,7 @@ from ... import batch_keys as K
 from ..model_utils.width import module_width, scaled
 from . import BACKBONES_3D
 from .spconv_backbone import encode_8x
+from ...config_schema import opt, req  # noqa: F401
 
 
 def _down_block(in_channels, out_channels, norm_fn, padding, indice_key):
@@ -86,6 +87,8 @@ class VoxelResBackBone8x(nn.Module):
     REQUIRED_KEYS = (K.VOXEL_FEATURES, K.VOXEL_COORDS, K.BATCH_SIZE)
     PROVIDED_KEYS = (K.ENCODED_SPCONV_TENSOR, K.ENCODED_SPCONV_TENSOR_STRIDE, K.MULTI_SCALE_3D_FEATURES,
                      K.MULTI_SCALE_3D_STRIDES)
+
+    CONFIG_SCHEMA = {"WIDTH": opt(float), "last_pad": opt(int)}
 
     def __init__(self, model_cfg, input_channels, grid_size, width=None, **kwargs):
         super().__init__()

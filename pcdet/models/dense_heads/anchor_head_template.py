@@ -6,6 +6,7 @@ import torch.nn as nn
 from ...utils import box_coder_utils, common_utils, loss_utils
 from .target_assigner.anchor_generator import AnchorGenerator
 from .target_assigner.axis_aligned_target_assigner import AxisAlignedTargetAssigner
+from ...config_schema import opt, req  # noqa: F401
 
 _BOX_CODERS = {"ResidualCoder": box_coder_utils.ResidualCoder}
 _REG_LOSSES = {"WeightedSmoothL1Loss": loss_utils.WeightedSmoothL1Loss, "WeightedL1Loss": loss_utils.WeightedL1Loss}
@@ -24,6 +25,24 @@ class AnchorHeadTemplate(nn.Module):
     None, and in training the targets ``box_cls_labels`` (B, A), ``box_reg_targets`` (B, A, code_size),
     ``reg_weights`` (B, A).
     """
+
+    CONFIG_SCHEMA = {
+        "CLASS_AGNOSTIC": opt(bool), "USE_MULTIHEAD": opt(bool), "USE_DIRECTION_CLASSIFIER": opt(bool),
+        "NUM_DIR_BINS": opt(int), "DIR_OFFSET": opt(float), "DIR_LIMIT_OFFSET": opt(float), "INPUT_FEATURES": opt(int),
+        "WIDTH": opt(float),
+        "ANCHOR_GENERATOR_CONFIG": req(list, items={
+            "class_name": req(str), "anchor_sizes": req(list), "anchor_rotations": req(list),
+            "anchor_bottom_heights": req(list), "align_center": opt(bool), "feature_map_stride": req(int),
+            "matched_threshold": req(float), "unmatched_threshold": req(float)}),
+        "TARGET_ASSIGNER_CONFIG": req(dict, keys={
+            "NAME": req(str), "POS_FRACTION": opt(float), "SAMPLE_SIZE": opt(int), "NORM_BY_NUM_EXAMPLES": opt(bool),
+            "MATCH_HEIGHT": opt(bool), "BOX_CODER": req(str), "BOX_CODER_CONFIG": opt(dict, keys=None),
+            "NUM_DIR_BINS": opt(int)}),
+        "LOSS_CONFIG": req(dict, keys={
+            "REG_LOSS_TYPE": opt(str),
+            "LOSS_WEIGHTS": req(dict, keys={"cls_weight": req(float), "loc_weight": req(float),
+                                            "dir_weight": opt(float), "code_weights": req(list)})}),
+    }
 
     def __init__(self, model_cfg, num_class, class_names, grid_size, point_cloud_range, predict_boxes_when_training):
         super().__init__()

@@ -29,6 +29,7 @@ from ... import batch_keys as K
 from ..model_utils import centernet_utils, model_nms_utils
 from ..model_utils.width import module_width, scaled
 from . import DENSE_HEADS
+from ...config_schema import opt, req  # noqa: F401
 
 
 class SeparateHead(nn.Module):
@@ -109,6 +110,24 @@ class CenterHead(nn.Module):
     REQUIRED_KEYS = (K.SPATIAL_FEATURES_2D, K.BATCH_SIZE)
     REQUIRED_TRAINING_KEYS = (K.GT_BOXES,)
     PROVIDED_KEYS = (K.FINAL_BOX_DICTS,)
+
+    CONFIG_SCHEMA = {
+        "CLASS_AGNOSTIC": opt(bool), "CLASS_NAMES_EACH_HEAD": req(list), "SHARED_CONV_CHANNEL": req(int),
+        "USE_BIAS_BEFORE_NORM": opt(bool), "NUM_HM_CONV": req(int), "INPUT_FEATURES": opt(int), "WIDTH": opt(float),
+        # HEAD_DICT: branch name -> {out_channels, num_conv}; its names are the user's
+        "SEPARATE_HEAD_CFG": req(dict, keys={"HEAD_ORDER": req(list), "HEAD_DICT": req(dict, keys=None)}),
+        "TARGET_ASSIGNER_CONFIG": req(dict, keys={
+            "FEATURE_MAP_STRIDE": req(int), "NUM_MAX_OBJS": req(int), "GAUSSIAN_OVERLAP": req(float),
+            "MIN_RADIUS": req(int)}),
+        "LOSS_CONFIG": req(dict, keys={"LOSS_WEIGHTS": req(dict, keys={
+            "cls_weight": req(float), "loc_weight": req(float), "code_weights": opt(list)})}),
+        "POST_PROCESSING": req(dict, keys={
+            "SCORE_THRESH": opt(float), "POST_CENTER_LIMIT_RANGE": opt(list), "MAX_OBJ_PER_SAMPLE": req(int),
+            "PEAK_KERNEL": opt(int),
+            "NMS_CONFIG": req(dict, keys={
+                "NMS_TYPE": req(str), "NMS_TYPE_PER_CLASS": opt(str), "NMS_THRESH": req(float, list, dict),
+                "NMS_PRE_MAXSIZE": req(int, list, dict), "NMS_POST_MAXSIZE": req(int, list, dict)})}),
+    }
 
     def __init__(self, model_cfg, input_channels, num_class, class_names, grid_size, point_cloud_range,
                  voxel_size, predict_boxes_when_training=False, width=None, **kwargs):

@@ -16,6 +16,7 @@ from ... import batch_keys as K
 from ..model_utils import model_nms_utils
 from ..model_utils.width import module_width
 from ...utils.common_utils import autocast_off, to_float32
+from ...config_schema import check, check_module, opt, req
 
 # (attribute name, config key, registry module, registry attribute)
 MODULE_TOPOLOGY = (
@@ -104,6 +105,19 @@ class Detector3DTemplate(nn.Module):
             ``point_feature_encoder.num_point_features`` and optionally ``depth_downsample_factor``.
     """
 
+    # the MODEL block: one mapping per module of MODULE_TOPOLOGY (checked by its class's CONFIG_SCHEMA when
+    # built), the model-level width and post-processing
+    MODEL_SCHEMA = dict(
+        {key: opt(dict, keys=None) for _, key, _, _ in MODULE_TOPOLOGY},
+        NAME=req(str), WIDTH=opt(float),
+        POST_PROCESSING=req(dict, keys={
+            "RECALL_THRESH_LIST": req(list), "SCORE_THRESH": opt(float), "OUTPUT_RAW_SCORE": opt(bool),
+            "EVAL_METRIC": opt(str),
+            "NMS_CONFIG": opt(dict, keys={"MULTI_CLASSES_NMS": req(bool), "NMS_TYPE": req(str),
+                                          "NMS_THRESH": req(float), "NMS_PRE_MAXSIZE": req(int),
+                                          "NMS_POST_MAXSIZE": req(int)})}),
+    )
+
     def __init__(self, model_cfg, num_class, dataset):
         super().__init__()
         self.model_cfg = model_cfg
@@ -135,8 +149,10 @@ class Detector3DTemplate(nn.Module):
         # keys are checked against the class before it is built, so a missing producer is reported by name
         # instead of failing inside a constructor that lacks its input size
         available = set(self.dataset_provided_keys())
+        check(self.model_cfg, self.MODEL_SCHEMA, "MODEL", type(self).__name__)
         for name, config_key, _, _ in MODULE_TOPOLOGY:
             if self.model_cfg.get(config_key, None) is not None:
+                check_module(self.model_cfg[config_key], self._get_cls(config_key), f"MODEL.{config_key}")
                 self._check_required_keys(name, self._get_cls(config_key), available)
             module, model_info_dict = getattr(self, f"build_{name}")(model_info_dict=model_info_dict)
             self.add_module(name, module)

@@ -10,8 +10,20 @@ import torch
 
 from .learning_schedules_fastai import CosineWithWarmup, OneCycle, StepDecay
 
+from pcdet.config_schema import check, opt, req
+
 OPTIMIZERS = ("adam_onecycle", "adam", "adamw", "sgd")
 SCHEDULERS = ("onecycle", "step", "cosine")
+
+# every key of OPTIMIZATION that the optimizer, the schedules and the training loop read
+OPTIMIZATION_SCHEMA = {
+    "OPTIMIZER": req(str, choices=OPTIMIZERS), "LR": req(float), "WEIGHT_DECAY": opt(float),
+    "MOMENTUM": opt(float), "MOMS": opt(list), "PCT_START": opt(float), "DIV_FACTOR": opt(float),
+    "SCHEDULER": opt(str), "DECAY_STEP_LIST": opt(list), "LR_DECAY": opt(float), "LR_CLIP": opt(float),
+    "LR_WARMUP": opt(bool), "WARMUP_EPOCH": opt(float), "GRAD_NORM_CLIP": opt(float),
+    "BATCH_SIZE_PER_GPU": opt(int), "NUM_EPOCHS": opt(int),
+    "USE_AMP": opt(bool, str), "AMP_DTYPE": opt(str), "CHANNELS_LAST": opt(bool),
+}
 
 
 def _require(optim_cfg, key, who):
@@ -26,6 +38,7 @@ def trainable_parameters(model):
 
 def build_optimizer(model, optim_cfg):
     """Optimizer over the trainable parameters of ``model`` (a frozen teacher is not among them)."""
+    check(optim_cfg, OPTIMIZATION_SCHEMA, "OPTIMIZATION", "build_optimizer")
     name = _require(optim_cfg, "OPTIMIZER", "build_optimizer")
     params = trainable_parameters(model)
     if not params:

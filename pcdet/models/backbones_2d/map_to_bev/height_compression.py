@@ -5,6 +5,7 @@ from . import MAP_TO_BEV
 from ....batch_keys import (ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE, SPATIAL_FEATURES,
                            SPATIAL_FEATURES_STRIDE, check_keys)
 from ...model_utils.width import module_width
+from ....config_schema import opt, req  # noqa: F401
 
 
 @MAP_TO_BEV.register
@@ -20,6 +21,8 @@ class HeightCompression(nn.Module):
 
     REQUIRED_KEYS = (ENCODED_SPCONV_TENSOR, ENCODED_SPCONV_TENSOR_STRIDE)
     PROVIDED_KEYS = (SPATIAL_FEATURES, SPATIAL_FEATURES_STRIDE)
+
+    CONFIG_SCHEMA = {"NUM_BEV_FEATURES": req(int), "WIDTH": opt(float)}
 
     def __init__(self, model_cfg, num_point_features=None, width=None, **kwargs):
         super().__init__()

@@ -5,6 +5,7 @@ from . import MAP_TO_BEV
 from ....batch_keys import (BATCH_SIZE, PILLAR_FEATURES, SPATIAL_FEATURES, SPATIAL_FEATURES_STRIDE, VOXEL_COORDS,
                            check_keys)
 from ...model_utils.width import module_width, scaled
+from ....config_schema import opt, req  # noqa: F401
 
 
 @MAP_TO_BEV.register
@@ -21,6 +22,8 @@ class PointPillarScatter(nn.Module):
 
     REQUIRED_KEYS = (PILLAR_FEATURES, VOXEL_COORDS, BATCH_SIZE)
     PROVIDED_KEYS = (SPATIAL_FEATURES, SPATIAL_FEATURES_STRIDE)
+
+    CONFIG_SCHEMA = {"NUM_BEV_FEATURES": req(int), "WIDTH": opt(float)}
 
     def __init__(self, model_cfg, grid_size, num_point_features=None, width=None, **kwargs):
         super().__init__()

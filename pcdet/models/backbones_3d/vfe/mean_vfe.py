@@ -4,6 +4,7 @@ import torch
 from . import VFE
 from ....batch_keys import VOXELS, VOXEL_NUM_POINTS, VOXEL_FEATURES, check_keys
 from .vfe_template import VFETemplate
+from ....config_schema import opt, req  # noqa: F401
 
 
 @VFE.register
@@ -17,6 +18,8 @@ class MeanVFE(VFETemplate):
 
     REQUIRED_KEYS = (VOXELS, VOXEL_NUM_POINTS)
     PROVIDED_KEYS = (VOXEL_FEATURES,)
+
+    CONFIG_SCHEMA = {}
 
     def __init__(self, model_cfg, num_point_features, **kwargs):
         super().__init__(model_cfg=model_cfg, **kwargs)

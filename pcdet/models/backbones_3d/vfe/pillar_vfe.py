@@ -7,6 +7,7 @@ from . import VFE
 from ....batch_keys import PILLAR_FEATURES, VOXELS, VOXEL_COORDS, VOXEL_NUM_POINTS, check_keys
 from ...model_utils.width import scaled_list
 from .vfe_template import VFETemplate
+from ....config_schema import opt, req  # noqa: F401
 
 
 class PFNLayer(nn.Module):
@@ -56,6 +57,10 @@ class PillarVFE(VFETemplate):
 
     REQUIRED_KEYS = (VOXELS, VOXEL_NUM_POINTS, VOXEL_COORDS)
     PROVIDED_KEYS = (PILLAR_FEATURES,)
+
+    CONFIG_SCHEMA = {
+        "NUM_FILTERS": req(list), "USE_NORM": req(bool), "WITH_DISTANCE": req(bool), "USE_ABSLOTE_XYZ": req(bool),
+    }
 
     def __init__(self, model_cfg, num_point_features, voxel_size, point_cloud_range, **kwargs):
         super().__init__(model_cfg=model_cfg, **kwargs)

@@ -2,6 +2,7 @@
 import torch.nn as nn
 
 from ...model_utils.width import module_width
+from ....config_schema import opt, req  # noqa: F401
 
 
 class VFETemplate(nn.Module):
@@ -14,6 +15,8 @@ class VFETemplate(nn.Module):
 
     REQUIRED_KEYS = ()
     PROVIDED_KEYS = ()
+
+    CONFIG_SCHEMA = {"WIDTH": opt(float)}
 
     def __init__(self, model_cfg, width=None, **kwargs):
         super().__init__()
