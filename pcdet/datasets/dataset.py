@@ -101,15 +101,15 @@ class DatasetTemplate(torch_data.Dataset):
 
     @classmethod
     def config_schema(cls, dataset_cfg):
-        """The keys this dataset reads. A template built directly on a registered dataset's config (the KD side
-        views, tools that only need the grid) accepts the keys of the dataset its ``DATASET`` names."""
+        """The keys this dataset reads. A dataset class built on the config of another (the template itself for
+        the KD side views, demo.py's point files, the benchmarks' synthetic frames) also accepts the keys of the
+        registered dataset its ``DATASET`` names."""
         schema = class_schema(cls)
-        if cls is DatasetTemplate:
-            from . import DATASETS
+        from . import DATASETS
 
-            name = dataset_cfg.get("DATASET")
-            if name in DATASETS:
-                schema = class_schema(DATASETS.get(name))
+        name = dataset_cfg.get("DATASET")
+        if name in DATASETS and not issubclass(cls, DATASETS.get(name)):
+            schema = dict(class_schema(DATASETS.get(name)), **schema)
         return schema
 
     @property
