@@ -151,8 +151,10 @@ def _typed_value(key, old, text):
         raise ConfigError(f"--set {key}: cannot parse value '{text}': {exc}") from exc
     if old is None or new is None:
         return new
-    if key == "OPTIMIZATION.USE_AMP" and str(new).lower() == "auto":
-        return "auto"
+    if key == "OPTIMIZATION.USE_AMP" and (str(new).lower() == "auto" or old == "auto"):
+        if str(new).lower() == "auto" or isinstance(new, bool):
+            return "auto" if str(new).lower() == "auto" else new
+        raise ConfigError(f"--set {key}: expected true, false or auto, got '{text}'")
     if isinstance(old, bool) or isinstance(new, bool):
         if isinstance(old, bool) and isinstance(new, bool):
             return new
@@ -177,6 +179,7 @@ OPTIONAL_KEYS = {
     "OPTIMIZATION.AMP_DTYPE": "bf16",       # 'bf16' or 'fp16'
     "OPTIMIZATION.CHANNELS_LAST": False,    # 2D conv weights in channels_last memory format
     "OPTIMIZATION.GRAD_NORM_CLIP": 10.0,
+    "OPTIMIZATION.FIND_UNUSED_PARAMETERS": False,   # DDP's find_unused_parameters (default: True for KD runs)
 }
 
 

@@ -28,12 +28,13 @@ ORIGIN_ATTR = "_cfg_origin"   # (origins dict dotted path -> file, dotted path o
 class Key:
     """One config key: accepted types, required or not, and a nested schema (``keys``) or list items' schema."""
 
-    def __init__(self, *types, required=False, keys=None, items=None, choices=None):
+    def __init__(self, *types, required=False, keys=None, items=None, choices=None, ignored=False):
         self.types = types or (ANY,)
         self.required = required
         self.keys = keys
         self.items = items
         self.choices = choices
+        self.ignored = ignored
 
 
 def req(*types, **kw):
@@ -42,6 +43,14 @@ def req(*types, **kw):
 
 def opt(*types, **kw):
     return Key(*types, required=False, **kw)
+
+
+def ignored(why):
+    """A key of OpenPCDet's configs that this codebase accepts and does not use (``why`` says what replaces it);
+    setting it warns, naming the file and the path, so configs written for OpenPCDet load unchanged."""
+    key = Key(ANY, required=False, ignored=True)
+    key.why = why
+    return key
 
 
 def _type_ok(value, types):
@@ -134,6 +143,13 @@ def check(cfg, schema, path, owner, origins=None):
                 raise _error(origins, dotted, f"missing required key '{key}' of {owner}")
             continue
         value = cfg[key]
+        if spec.ignored:
+            import warnings
+
+            where = _file_of(origins, dotted)
+            warnings.warn(f"{where + ': ' if where else ''}{dotted}: accepted for OpenPCDet compatibility and not "
+                          f"used here ({spec.why})", UserWarning, stacklevel=2)
+            continue
         if value is None and not spec.required:
             continue
         if not _type_ok(value, spec.types):
@@ -146,19 +162,26 @@ def check(cfg, schema, path, owner, origins=None):
         if spec.items is not None and isinstance(value, (list, tuple)):
             for i, item in enumerate(value):
                 item_path = f"{dotted}[{i}]"
-                if callable(spec.items):
-                    item_schema, item_owner = spec.items(item, item_path, origins)
+                if callable(spec.items):      # it sees the enclosing mapping (DATA_AUGMENTOR's DISABLE_AUG_LIST)
+                    found = spec.items(item, item_path, origins, parent=cfg)
+                    if found is None:         # an item the builder skips: not checked
+                        continue
+                    item_schema, item_owner = found
                 else:
                     item_schema, item_owner = spec.items, owner
                 check(item, item_schema, item_path, item_owner, origins)
 
 
-def by_name(registry, what, extra=None):
+def by_name(registry, what, extra=None, skip_key=None):
     """An ``items`` callable for lists of ``{NAME: ..., ...}`` blocks: the schema is ``registry[NAME]``
-    (a dict NAME -> schema) plus ``extra`` keys; an unknown NAME is an error listing the known ones."""
+    (a dict NAME -> schema) plus ``extra`` keys; an unknown NAME is an error listing the known ones. Items whose
+    NAME is listed under ``skip_key`` of the enclosing mapping (``DISABLE_AUG_LIST``) are not built, so not checked
+    (an OpenPCDet config may list and disable an augmentation this codebase lacks)."""
 
-    def items(item, path, origins):
+    def items(item, path, origins, parent=None):
         name = item.get("NAME") if isinstance(item, dict) else None
+        if skip_key and parent is not None and name in (parent.get(skip_key) or []):
+            return None
         table = registry() if callable(registry) else registry
         if name not in table:
             close = difflib.get_close_matches(str(name), sorted(table), n=1, cutoff=0.6)
@@ -173,7 +196,7 @@ def by_registry(registry, what):
     """An ``items`` callable for lists of ``{NAME: ..., ...}`` blocks whose NAME is a class of ``registry``
     (a ``pcdet.registry.Registry``): each block is checked by that class's ``CONFIG_SCHEMA``."""
 
-    def items(item, path, origins):
+    def items(item, path, origins, parent=None):
         name = item.get("NAME") if isinstance(item, dict) else None
         if name is None:
             raise _error(origins, path, f"a {what} block needs a NAME (has {sorted(item) if item else []})")
@@ -205,6 +228,18 @@ def check_module(cfg, cls, path):
     check(cfg, dict(class_schema(cls), NAME=req(str)), path, cls.__name__)
 
 
+def lookup(registry, cfg, path, what):
+    """``registry.get(cfg['NAME'])``; a missing or unknown NAME is a ConfigError naming the file and path."""
+    origins, path = origin_of(cfg, path)
+    name = cfg.get("NAME") if isinstance(cfg, dict) else None
+    if name is None:
+        raise _error(origins, path, f"a {what} block needs a NAME (has {sorted(cfg) if isinstance(cfg, dict) else cfg})")
+    try:
+        return registry.get(name)
+    except KeyError as exc:
+        raise _error(origins, _join(path, "NAME"), str(exc).strip("'\"")) from None
+
+
 TOP_LEVEL_SCHEMA = {"CLASS_NAMES": req(list), "DATA_CONFIG": req(dict, keys=None), "MODEL": opt(dict, keys=None),
                     "OPTIMIZATION": opt(dict, keys=None), "KD": opt(dict, keys=None)}
 
@@ -218,7 +253,8 @@ def validate_config(cfg, optimization_schema=None):
     from .models.detectors.detector3d_template import MODULE_TOPOLOGY, Detector3DTemplate, _registry
 
     if "DATASET" in cfg and "DATA_CONFIG" not in cfg:
-        check(cfg, class_schema(DATASETS.get(cfg["DATASET"])), "DATA_CONFIG", "dataset config")
+        cls = lookup(DATASETS, {"NAME": cfg["DATASET"]}, "DATASET", "dataset")
+        check(cfg, class_schema(cls), "DATA_CONFIG", "dataset config")
         return
     top = dict(TOP_LEVEL_SCHEMA, **{k: opt(ANY) for k in RUNTIME_KEYS})
     if "MODEL" not in cfg:      # a bare data config with CLASS_NAMES (dataset_configs/*) needs no model
@@ -228,15 +264,15 @@ def validate_config(cfg, optimization_schema=None):
     name = data_cfg.get("DATASET")
     if name is None:
         raise _error(*origin_of(data_cfg, "DATA_CONFIG"), "missing required key 'DATASET'")
-    check(data_cfg, class_schema(DATASETS.get(name)), "DATA_CONFIG", f"dataset {name}")
+    cls = lookup(DATASETS, {"NAME": name}, "DATA_CONFIG.DATASET", "dataset")
+    check(data_cfg, class_schema(cls), "DATA_CONFIG", f"dataset {name}")
     model_cfg = cfg.get("MODEL")
     if model_cfg is not None:
         check(model_cfg, Detector3DTemplate.MODEL_SCHEMA, "MODEL", f"detector {model_cfg.get('NAME')}")
         for _, key, path, attr in MODULE_TOPOLOGY:
             if model_cfg.get(key) is not None:
-                if "NAME" not in model_cfg[key]:
-                    raise _error(*origin_of(model_cfg[key], f"MODEL.{key}"), "missing required key 'NAME'")
-                check_module(model_cfg[key], _registry(path, attr, key).get(model_cfg[key]["NAME"]), f"MODEL.{key}")
+                check_module(model_cfg[key], lookup(_registry(path, attr, key), model_cfg[key], f"MODEL.{key}", key),
+                             f"MODEL.{key}")
     if cfg.get("KD") is not None:
         from .kd.distiller import Distiller
 

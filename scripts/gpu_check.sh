@@ -42,6 +42,7 @@ if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ] && has_cuda .venv/bin/python; then PY=.venv/bin/python; fi
 fi
 command -v "$PY" >/dev/null 2>&1 || [ -x "$PY" ] || { echo "gpu_check: no Python at '$PY'" >&2; exit 2; }
+case "$PY" in /*) ;; */*) PY="$PWD/$PY" ;; *) PY=$(command -v "$PY") ;; esac   # the steps run from tools/
 
 skip() {
   echo "gpu_check: SKIPPED: $1; nothing was checked"
@@ -60,7 +61,8 @@ stamp() { echo "[gpu_check +$(( $(date +%s) - T0 )) s] $*"; }
 if [ "$INSTALL" = 1 ]; then
   stamp "installing a CUDA torch and spconv-cu120"
   "$PY" -m pip install -q torch==2.13.0 --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu126}"
-  "$PY" -m pip install -q spconv-cu120 -r requirements.txt
+  # requirements.txt names the CPU spconv; both ship the `spconv` package, so it is left out here
+  grep -v '^spconv' requirements.txt | "$PY" -m pip install -q spconv-cu120 -r /dev/stdin
 fi
 if [ -n "$WHEELS" ]; then
   stamp "installing the wheels of $WHEELS into /tmp/pcdet_gpu_site"

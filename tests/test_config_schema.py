@@ -132,3 +132,54 @@ def test_random_world_translation_shifts_points_and_boxes_alike():
     assert np.allclose(shift[0], shift[1]) and np.allclose(out["gt_boxes"][0, :3] - boxes[0, :3], shift[0])
     assert abs(shift[0, 0]) > 1e-3 and shift[0, 2] == 0.0
     assert np.array_equal(out["points"][:, 3], points[:, 3]) and np.allclose(out["gt_boxes"][0, 3:6], boxes[0, 3:6])
+
+
+def test_openpcdet_keys_we_do_not_use_are_accepted_with_a_warning_and_disabled_augmentations_unchecked(tmp_path):
+    path, cfg = _user_cfg(tmp_path, "")
+    aug = cfg.DATA_CONFIG.DATA_AUGMENTOR
+    aug.AUG_CONFIG_LIST.append(type(aug)({"NAME": "random_local_noise", "LOCAL_ROT_RANGE": [-0.1, 0.1]}))
+    aug.DISABLE_AUG_LIST = list(aug.DISABLE_AUG_LIST) + ["random_local_noise"]   # listed and disabled: skipped
+    gt = next(a for a in aug.AUG_CONFIG_LIST if a.NAME == "gt_sampling")
+    gt["BACKUP_DB_INFO"] = {"DB_INFO_PATH": "x"}
+    with pytest.warns(UserWarning, match=r"AUG_CONFIG_LIST\[0\]\.BACKUP_DB_INFO: accepted for OpenPCDet "
+                                         r"compatibility and not used here"):
+        validate_config(cfg, OPTIMIZATION_SCHEMA)
+    aug.DISABLE_AUG_LIST = [n for n in aug.DISABLE_AUG_LIST if n != "random_local_noise"]
+    with pytest.raises(ConfigError, match="unknown augmentation 'random_local_noise'"):
+        validate_config(cfg, OPTIMIZATION_SCHEMA)
+
+
+def test_unknown_module_name_names_the_file(tmp_path):
+    path, cfg = _user_cfg(tmp_path, "MODEL:\n    VFE:\n        NAME: PilarVFE\n")
+    with pytest.raises(ConfigError, match=rf"{path}: MODEL\.VFE\.NAME: .*unknown NAME 'PilarVFE'.*PillarVFE"):
+        validate_config(cfg, OPTIMIZATION_SCHEMA)
+    with pytest.raises(ConfigError, match=rf"{path}: MODEL\.VFE\.NAME: .*unknown NAME 'PilarVFE'"):
+        build_network(cfg.MODEL, len(cfg.CLASS_NAMES), _dataset(cfg, tmp_path))
+
+
+def test_use_amp_auto_and_ddp_key_through_set(tmp_path):
+    from pcdet.config import cfg_from_list
+
+    _, cfg = _user_cfg(tmp_path, "")
+    cfg_from_list(["OPTIMIZATION.USE_AMP", "auto", "OPTIMIZATION.FIND_UNUSED_PARAMETERS", "true"], cfg)
+    assert cfg.OPTIMIZATION.USE_AMP == "auto" and cfg.OPTIMIZATION.FIND_UNUSED_PARAMETERS is True
+    cfg_from_list(["OPTIMIZATION.USE_AMP", "false"], cfg)     # back from auto to a bool
+    assert cfg.OPTIMIZATION.USE_AMP is False
+    with pytest.raises(ConfigError, match="expected true, false or auto, got 'maybe'"):
+        cfg_from_list(["OPTIMIZATION.USE_AMP", "auto", "OPTIMIZATION.USE_AMP", "maybe"], cfg)
+    validate_config(cfg, OPTIMIZATION_SCHEMA)
+    cfg.OPTIMIZATION.USE_AMP = "sometimes"
+    with pytest.raises(ConfigError, match=r"OPTIMIZATION\.USE_AMP: the optimizer expects one of \[True, False, "
+                                          r"'auto'\], got 'sometimes'"):
+        validate_config(cfg, OPTIMIZATION_SCHEMA)
+
+
+def test_origins_follow_nested_base_configs(tmp_path):
+    from pcdet.config import key_origins
+
+    (tmp_path / "a.yaml").write_text("X:\n    P: 1\n    Q: 2\nL: [1, 2]\n")
+    (tmp_path / "data.yaml").write_text("R: 3\n")
+    (tmp_path / "b.yaml").write_text("_BASE_CONFIG_: a.yaml\nX:\n    Q: 5\n    _BASE_CONFIG_: data.yaml\nL: [3]\n")
+    origins = key_origins(tmp_path / "b.yaml")
+    a, b, d = (str(tmp_path / n) for n in ("a.yaml", "b.yaml", "data.yaml"))
+    assert origins["X.P"] == a and origins["X.Q"] == b and origins["X.R"] == d and origins["L"] == b

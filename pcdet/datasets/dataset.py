@@ -69,7 +69,8 @@ class DatasetTemplate(torch_data.Dataset):
             "src_feature_list": req(list)}),
         "DATA_AUGMENTOR": opt(dict, keys={
             "DISABLE_AUG_LIST": opt(list),
-            "AUG_CONFIG_LIST": opt(list, items=by_name(DataAugmentor.STEP_SCHEMAS, "augmentation"))}),
+            "AUG_CONFIG_LIST": opt(list, items=by_name(DataAugmentor.STEP_SCHEMAS, "augmentation",
+                                                       skip_key="DISABLE_AUG_LIST"))}),
         "DATA_PROCESSOR": opt(list, items=by_name(DataProcessor.STEP_SCHEMAS, "data processor")),
         "MERGE_ALL_ITERS_TO_ONE_EPOCH": opt(bool),
     }

@@ -73,8 +73,8 @@ def compile_command(nvcc, source, ext_name, archs, system_includes, out_obj):
     return cmd
 
 
-def check_one(nvcc, ext_name, source, archs, includes, work):
-    obj = Path(work) / (source.stem + source.suffix.replace(".", "_") + ".o")
+def check_one(nvcc, ext_name, source, archs, includes, work, index=0):
+    obj = Path(work) / f"{index:03d}_{source.stem}{source.suffix.replace('.', '_')}.o"   # unique per source
     cmd = compile_command(nvcc, source, ext_name, archs, includes, obj)
     t0 = time.time()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -105,7 +105,8 @@ def main(argv=None):
         includes = [stand_in_includes(Path(work) / "stand_in")] + [Path(p) for p in include_paths("cpu")]
         print(f"nvcc {args.nvcc}; architectures sm_{', sm_'.join(args.arch)}; {len(sources)} files", flush=True)
         with futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            jobs = [pool.submit(check_one, args.nvcc, name, src, args.arch, includes, work) for name, src in sources]
+            jobs = [pool.submit(check_one, args.nvcc, name, src, args.arch, includes, work, i)
+                    for i, (name, src) in enumerate(sources)]
             for job in jobs:
                 source, rc, output, seconds, cmd = job.result()
                 rel = source.relative_to(REPO_ROOT) if source.is_relative_to(REPO_ROOT) else source

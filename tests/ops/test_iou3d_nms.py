@@ -111,6 +111,7 @@ def test_nms_normal_ignores_heading():
     assert iou_utils.nms(boxes, scores, 0.5).tolist() == [1, 0, 2]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA device not available")
 def test_cuda_tensors_match_cpu():
     rng = np.random.default_rng(2)

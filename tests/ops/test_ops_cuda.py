@@ -7,6 +7,8 @@ from pcdet.ops import _loader
 CUDA_REASON = "needs a CUDA device and pcdet built with CUDA (pip install --no-build-isolation -e . on a CUDA machine)"
 
 
+pytestmark = pytest.mark.cuda   # scripts/gpu_check.sh runs `pytest -m cuda`
+
 def cuda_ext(name):
     ext = _loader.load_extension(name) if torch.cuda.is_available() else None
     return ext if _loader.cuda_supported(ext) else None

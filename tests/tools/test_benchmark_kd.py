@@ -10,6 +10,7 @@ import pytest
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.kd.benchmark import PRESETS, Benchmark, paired_gains, run_priority, t_interval
+from pcdet.kd.benchmark.plan import BenchmarkError
 from pcdet.kd.benchmark import report as rep
 from pcdet.kd.benchmark.cli import parse_args
 from pcdet.kd.benchmark.runner import Runner
@@ -166,7 +167,8 @@ def _fake_results(bench, values, split="val", seeds_shift=None):
         path = bench.result_path(run, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"metrics": metrics, "params": 1000, "flops": 2e9, "latency_ms": 5.0,
-                                    "train_seconds": 60.0, "device": "cpu", "cfg_hash": bench.cfg_hash(run)}))
+                                    "train_seconds": 60.0, "device": "cpu", "cfg_hash": bench.cfg_hash(run),
+                                    "data": bench.data_signature()}))
 
 
 def test_report_paired_gain_interval_gap_and_json(tmp_path):
@@ -286,3 +288,57 @@ def test_plan_refuses_two_runs_of_one_config_and_hash_sees_base_contents(tmp_pat
     finally:
         plan_mod.MODEL_CFGS[run.family] = real
     assert bench.cfg_hash(run) == before
+
+
+def test_results_are_reused_only_for_the_same_config_data_and_device(tmp_path):
+    data = tmp_path / "data"
+    (data / "ImageSets").mkdir(parents=True)
+    (data / "synthetic_meta.json").write_text(json.dumps({"generator_version": "1.0.0", "seed": 0}))
+    (data / "ImageSets" / "val.txt").write_text("000001\n")
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    run = next(r for r in bench.runs if r.method == "none")
+    path = bench.result_path(run, "val")
+    assert path.name == f"{run.name}.{bench.cfg_hash(run)}.json"     # one file per config hash
+    path.parent.mkdir(parents=True)
+    good = {"metrics": {}, "cfg_hash": bench.cfg_hash(run), "data": bench.data_signature(), "device": "cpu"}
+    path.write_text(json.dumps(good))
+    assert bench.load_result(run, "val") == good
+    for key, value in (("cfg_hash", "0123456789"), ("device", "cuda:0"),
+                       ("data", dict(good["data"], val_ids_sha256="x")), ("data", None)):
+        path.write_text(json.dumps(dict(good, **{key: value})))
+        assert bench.load_result(run, "val") is None, key
+    path.write_text("{truncated")
+    assert bench.load_result(run, "val") is None
+    # regenerated data (another split list) invalidates the stored result
+    path.write_text(json.dumps(good))
+    (data / "ImageSets" / "val.txt").write_text("000002\n")
+    fresh = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", data, families=["pointpillar"],
+                      zoo_manifest=_manifest(tmp_path))
+    assert fresh.load_result(run, "val") is None
+    cuda = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", data, families=["pointpillar"],
+                     zoo_manifest=_manifest(tmp_path), device="cuda")
+    assert cuda.cfg_hash(run) != bench.cfg_hash(run) or cuda.load_result(run, "val") is None
+
+
+def test_config_hash_does_not_depend_on_the_clone_path():
+    from pcdet.kd.benchmark import plan as plan_mod
+
+    text = f"DATA_PATH: {plan_mod.REPO_ROOT}/data/x\nCKPT: {plan_mod.REPO_ROOT}/model_zoo/t.pth\n"
+    assert plan_mod.repo_relative(text) == "DATA_PATH: <repo>/data/x\nCKPT: <repo>/model_zoo/t.pth\n"
+
+
+def test_methods_filter_keeps_the_teachers_its_runs_need(tmp_path):
+    bench = Benchmark("mini", PRESETS["mini"], tmp_path / "w", tmp_path / "d", methods=["fitnet"],
+                      zoo_manifest=_manifest(tmp_path))
+    assert {r.method for r in bench.runs} == {"fitnet", "teacher"}
+    for run in bench.runs:
+        assert all(dep in bench.runs for dep in run.deps)
+    only_none = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", methods=["none"],
+                          zoo_manifest=_manifest(tmp_path))
+    assert {(r.method, bool(r.zoo)) for r in only_none.runs} == {("none", False), ("teacher", True)}
+    with pytest.raises(BenchmarkError, match=r"no methods \['itdk'\]"):
+        Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", methods=["itdk"],
+                  zoo_manifest=_manifest(tmp_path))
+    with pytest.raises(BenchmarkError, match="--retrain-teachers trains every teacher"):
+        Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="teachers", methods=["none"],
+                  zoo_manifest=_manifest(tmp_path))

@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 
 from ... import batch_keys as K
-from ...config_schema import opt, req
+from ...config_schema import ignored, opt, req
 from ...utils import common_utils
 from . import augmentor_utils
 
@@ -28,7 +28,9 @@ class DataAugmentor:
             "DB_INFO_PATH": req(list), "SAMPLE_GROUPS": req(list), "NUM_POINT_FEATURES": req(int),
             "PREPARE": opt(dict, keys={"filter_by_min_points": opt(list), "filter_by_difficulty": opt(list)}),
             "DATABASE_WITH_FAKELIDAR": opt(bool), "REMOVE_EXTRA_WIDTH": opt(list), "LIMIT_WHOLE_SCENE": opt(bool),
-            "USE_ROAD_PLANE": opt(bool)},
+            "USE_ROAD_PLANE": opt(bool),
+            "DB_DATA_PATH": ignored("the database points are read from the paths in DB_INFO_PATH's infos"),
+            "BACKUP_DB_INFO": ignored("no shared-memory database")},
         "random_world_flip": {"ALONG_AXIS_LIST": req(list)},
         "random_world_rotation": {"WORLD_ROT_ANGLE": req(list, float)},
         "random_world_scaling": {"WORLD_SCALE_RANGE": req(list)},

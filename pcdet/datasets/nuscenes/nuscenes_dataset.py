@@ -33,7 +33,7 @@ from ...ops.roiaware_pool3d import roiaware_pool3d_utils
 from .. import DATASETS
 from ..dataset import DatasetTemplate, resolve_data_path, _to_numpy
 from . import nuscenes_utils
-from ...config_schema import opt, req
+from ...config_schema import ignored, opt, req
 
 
 class NuScenesDataset(DatasetTemplate):
@@ -43,6 +43,7 @@ class NuScenesDataset(DatasetTemplate):
         "VERSION": req(str), "MAX_SWEEPS": opt(int), "BALANCED_RESAMPLING": opt(bool),
         "INFO_PATH": req(dict, keys={"train": req(list), "test": req(list)}),
         "FILTER_MIN_POINTS_IN_GT": opt(int), "PRED_VELOCITY": opt(bool), "EVAL_BACKEND": opt(str),
+        "SET_NAN_VELOCITY_TO_ZEROS": ignored("NaN velocities are always set to zero in the infos"),
     }
 
     def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):

@@ -38,7 +38,7 @@ from .. import DATASETS
 from ..dataset import DatasetTemplate, resolve_data_path
 from ..info_io import REBUILD_WAYMO, read_pickle, write_pickle
 from . import waymo_eval
-from ...config_schema import opt, req
+from ...config_schema import ignored, opt, req
 
 WAYMO_CLASSES = ["Vehicle", "Pedestrian", "Cyclist"]
 
@@ -56,6 +56,8 @@ class WaymoDataset(DatasetTemplate):
         "PROCESSED_DATA_TAG": req(str), "DATA_SPLIT": req(dict, keys={"train": req(str), "test": req(str)}),
         "SAMPLED_INTERVAL": opt(dict, keys={"train": opt(int), "test": opt(int)}),
         "DISABLE_NLZ_FLAG_ON_POINTS": opt(bool), "FILTER_EMPTY_BOXES_FOR_TRAIN": opt(bool),
+        "USE_SHARED_MEMORY": ignored("frames are read from their .npy files"),
+        "SHARED_MEMORY_FILE_LIMIT": ignored("frames are read from their .npy files"),
     }
 
     def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):

@@ -76,6 +76,12 @@ def main(argv=None):
     work_dir = Path(args.work_dir or REPO_ROOT / "output" / "benchmark_kd" / args.preset)
     data_dir = Path(args.data_dir or default_data_dir(args.preset, preset))
     work_dir.mkdir(parents=True, exist_ok=True)
+    if args.device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = args.device
     manifest = Path(args.zoo_dir) / "manifest.json"
     results_dir = Path(args.results_dir) if args.results_dir else (
         REPO_ROOT / "docs" / "benchmark_runs" / args.preset if preset.get("results_in_repo") else work_dir / "results")
@@ -88,9 +94,9 @@ def main(argv=None):
             log_file.flush()
 
         bench = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, families=args.family,
-                          zoo_manifest=manifest, results_dir=results_dir, methods=args.methods)
+                          zoo_manifest=manifest, results_dir=results_dir, methods=args.methods, device=device)
         splits = ("tune",) if mode == "tune" else ("val",)
-        runner = Runner(bench, device=args.device, threads=args.threads, jobs=args.jobs, log=log, eval_splits=splits)
+        runner = Runner(bench, device=device, threads=args.threads, jobs=args.jobs, log=log, eval_splits=splits)
         log(f"preset {args.preset}, mode {mode}, families {bench.families}: {len(bench.runs)} runs, "
             f"{runner.jobs} in parallel, evaluated on {'/'.join(splits)}")
         eval_self_check(log)
@@ -105,7 +111,7 @@ def main(argv=None):
             return
         # the report covers every family of the preset that has results (earlier invocations included)
         full = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest,
-                         results_dir=results_dir)
+                         results_dir=results_dir, device=device)
         records = collect(full, splits[0])
         walls = _record_wall(work_dir, mode, bench.families, wall)
         if mode == "tune":

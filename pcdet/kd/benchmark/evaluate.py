@@ -29,6 +29,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--train_seconds", type=float, default=0.0)
     parser.add_argument("--cfg_hash", default=None, help="the run's hash, stored for the reuse check")
+    parser.add_argument("--data_signature", default=None, help="JSON of the dataset's signature, stored for reuse")
     parser.add_argument("--log_dir", default=None, help="evaluation log and detections (default: next to --out)")
     parser.add_argument("--summary", action="store_true", help="also params, FLOPs and latency")
     parser.add_argument("--latency_frames", type=int, default=20)
@@ -68,7 +69,8 @@ def main(argv=None):
     result = {"metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
               "split": args.split, "num_frames": len(dataset), "epoch": epoch, "eval_seconds": time.time() - t0,
               "train_seconds": args.train_seconds, "device": str(device), "threads": torch.get_num_threads(),
-              "cfg_text": repo_relative(Path(args.cfg_file).read_text()), "cfg_hash": args.cfg_hash}
+              "cfg_text": repo_relative(Path(args.cfg_file).read_text()), "cfg_hash": args.cfg_hash,
+              "data": json.loads(args.data_signature) if args.data_signature else None}
     if args.summary:
         _, loader1, _ = build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size=1, dist=False, workers=0,
                                          logger=logger, training=False)

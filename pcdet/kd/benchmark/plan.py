@@ -97,7 +97,7 @@ class Benchmark:
     """
 
     def __init__(self, preset_name, preset, work_dir, data_dir, mode="final", families=None, zoo_manifest=None,
-                 results_dir=None, methods=None):
+                 results_dir=None, methods=None, device="cpu"):
         if mode not in ("final", "tune", "teachers"):
             raise BenchmarkError(f"benchmark mode must be final, tune or teachers, got {mode!r}")
         self.preset_name = preset_name
@@ -113,15 +113,23 @@ class Benchmark:
         # the result files (metrics per run, split and curve epoch); outside work_dir when they are kept in the
         # repository (the cpu preset: docs/benchmark_runs/cpu), so a later session reuses what has run
         self.results_dir = Path(results_dir).resolve() if results_dir else self.work_dir / "results"
+        self.device = device        # training / evaluation device type: a result is reused on the same one only
+        self._data_sig = None
         self.runs = self._plan()
         if methods:
-            known = {m for f in self.families for m in preset["families"][f]["methods"]}
+            known = {m for f in self.families for m in preset["families"][f]["methods"]} | {"teacher"}
             unknown_methods = sorted(set(methods) - known)
             if unknown_methods:
                 raise BenchmarkError(f"preset {preset_name}: no methods {unknown_methods} in families "
                                      f"{self.families} (has {sorted(known)})")
-            # a zoo teacher stays (it is evaluated, not trained) so the report has its row
-            self.runs = [r for r in self.runs if r.method in methods or (r.method == "teacher" and r.zoo)]
+            if mode == "teachers":
+                raise BenchmarkError("--methods selects student runs; --retrain-teachers trains every teacher")
+            # a zoo teacher stays (it is evaluated, not trained) so the report has its row; a kept run keeps the
+            # teacher it depends on
+            keep = [r for r in self.runs if r.method in methods or (r.method == "teacher" and r.zoo)]
+            for r in list(keep):
+                keep += [d for d in r.deps if d not in keep]
+            self.runs = [r for r in self.runs if r in keep]
         self._check_distinct()
 
     # ------------------------------------------------------------------ planning
@@ -222,7 +230,7 @@ class Benchmark:
             extra["teacher"] = self._zoo_sha(t.zoo) if t.zoo else self.cfg_hash(t)
             extra["teacher_cfg"] = load_yaml(self.teacher_cfg_file(t)) if t.zoo else None
         extra["max_iters_per_epoch"] = self.preset.get("max_iters_per_epoch") if run.method != "teacher" else None
-        if str(data.get("OPTIMIZATION", {}).get("USE_AMP", "")).lower() == "auto":
+        if self.device == "cpu" and str(data.get("OPTIMIZATION", {}).get("USE_AMP", "")).lower() == "auto":
             # 'auto' trains in bf16 or float32 by machine: runs of the two kinds are different runs (not paired)
             from ...utils.common_utils import cpu_has_native_bf16
 
@@ -263,12 +271,27 @@ class Benchmark:
         return list(range(every, run.epochs, every))
 
     def result_path(self, run, split, epoch=None):
+        """One file per run, split, curve epoch and config hash: results of other configs (another machine kind,
+        an edited config) stay beside it and are never overwritten."""
         suffix = "" if epoch in (None, run.epochs) else f"_e{epoch}"
-        return self.results_dir / split / f"{run.name}{suffix}.json"
+        return self.results_dir / split / f"{run.name}{suffix}.{self.cfg_hash(run)}.json"
+
+    def data_signature(self):
+        """The dataset's identity (``model_zoo.data_signature``: generator version, seed, counts, sha256 of each
+        split list), or None when ``data_dir`` is not a generated set."""
+        if self._data_sig is None:       # not cached while the data is missing (prepare_data makes it)
+            from ...model_zoo import ZooError, data_signature
+
+            try:
+                self._data_sig = data_signature(self.data_dir)
+            except ZooError:
+                return None
+        return self._data_sig
 
     def load_result(self, run, split, epoch=None):
-        """The result of ``run`` on ``split`` (at ``epoch``) if it exists and was computed for the run's current
-        config (same ``cfg_hash``), else None: a result of an edited config is never reused or reported."""
+        """The result of ``run`` on ``split`` (at ``epoch``) if it was computed for the run's current config (same
+        ``cfg_hash``), on the same dataset (same ``data_signature``) and device type, else None: a result of an
+        edited config, of regenerated data or of another device is never reused or reported."""
         path = self.result_path(run, split, epoch)
         if not path.is_file():
             return None
@@ -276,7 +299,9 @@ class Benchmark:
             res = json.loads(path.read_text())
         except ValueError:
             return None
-        return res if res.get("cfg_hash") == self.cfg_hash(run) else None
+        same = (res.get("cfg_hash") == self.cfg_hash(run) and res.get("data") == self.data_signature()
+                and str(res.get("device", "")).split(":")[0] == self.device)
+        return res if same else None
 
     def _manifest_kw(self):
         return {"path": self.zoo_manifest} if self.zoo_manifest else {}

@@ -88,16 +88,15 @@ class Runner:
         old = bench.load_result(run, split, epoch)
         if old is not None:
             return old
-        out = bench.result_path(run, split, epoch)
-        if out.is_file():
-            out.unlink()        # a result of another config under this run's name
+        out = bench.result_path(run, split, epoch)   # named by the config hash: only a stale copy of this one
         log_dir = bench.work_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         tag = f"{run.name}.{split}" + (f".e{epoch}" if epoch else "")
         cmd = [self.python, "-m", "pcdet.kd.benchmark.evaluate", "--cfg_file", str(bench.cfg_path(run)),
                "--ckpt", str(bench.ckpt_path(run, epoch)), "--split", split, "--out", str(out),
                "--log_dir", str(bench.work_dir / "eval" / tag), "--device", self.device,
-               "--train_seconds", f"{train_s:.1f}", "--cfg_hash", bench.cfg_hash(run)] \
+               "--train_seconds", f"{train_s:.1f}", "--cfg_hash", bench.cfg_hash(run),
+               "--data_signature", json.dumps(bench.data_signature())] \
             + (["--summary"] if summary else [])
         self._check_call(cmd, f"evaluating {tag}", log_file=log_dir / f"{tag}.eval.log")
         return json.loads(out.read_text())
@@ -134,7 +133,9 @@ class Runner:
     def train_and_eval(self, run):
         bench = self.bench
         bench.write_cfg(run)
-        if self.results_complete(run):
+        # a trained teacher is still trained when its checkpoint is gone: its students need it
+        needed = run.method == "teacher" and not run.zoo and not bench.ckpt_path(run).is_file()
+        if self.results_complete(run) and not needed:
             self.log(f"{run.name}: every result present for config {bench.cfg_hash(run)}, reused")
             return
         t0 = time.time()

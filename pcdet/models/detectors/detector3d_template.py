@@ -16,7 +16,7 @@ from ... import batch_keys as K
 from ..model_utils import model_nms_utils
 from ..model_utils.width import module_width
 from ...utils.common_utils import autocast_off, to_float32
-from ...config_schema import check, check_module, opt, req
+from ...config_schema import check, check_module, lookup, opt, req
 
 # (attribute name, config key, registry module, registry attribute)
 MODULE_TOPOLOGY = (
@@ -152,7 +152,7 @@ class Detector3DTemplate(nn.Module):
         check(self.model_cfg, self.MODEL_SCHEMA, "MODEL", type(self).__name__)
         for name, config_key, _, _ in MODULE_TOPOLOGY:
             if self.model_cfg.get(config_key, None) is not None:
-                check_module(self.model_cfg[config_key], self._get_cls(config_key), f"MODEL.{config_key}")
+                check_module(self.model_cfg[config_key], self._lookup_cls(config_key), f"MODEL.{config_key}")
                 self._check_required_keys(name, self._get_cls(config_key), available)
             module, model_info_dict = getattr(self, f"build_{name}")(model_info_dict=model_info_dict)
             self.add_module(name, module)
@@ -160,6 +160,14 @@ class Detector3DTemplate(nn.Module):
                 self._check_required_keys(name, module, available)
                 available.update(module.PROVIDED_KEYS)
         return model_info_dict["module_list"]
+
+    def _lookup_cls(self, config_key):
+        """The module class of ``MODEL.<config_key>``; a missing or unknown NAME names the file and the path."""
+        for _, key, path, attr in MODULE_TOPOLOGY:
+            if key == config_key:
+                return lookup(_registry(path, attr, config_key), self.model_cfg[config_key], f"MODEL.{config_key}",
+                              config_key)
+        raise KeyError(config_key)
 
     def _get_cls(self, config_key):
         for _, key, path, attr in MODULE_TOPOLOGY:

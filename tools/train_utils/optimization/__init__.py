@@ -22,7 +22,8 @@ OPTIMIZATION_SCHEMA = {
     "SCHEDULER": opt(str), "DECAY_STEP_LIST": opt(list), "LR_DECAY": opt(float), "LR_CLIP": opt(float),
     "LR_WARMUP": opt(bool), "WARMUP_EPOCH": opt(float), "GRAD_NORM_CLIP": opt(float),
     "BATCH_SIZE_PER_GPU": opt(int), "NUM_EPOCHS": opt(int),
-    "USE_AMP": opt(bool, str), "AMP_DTYPE": opt(str), "CHANNELS_LAST": opt(bool),
+    "USE_AMP": opt(bool, str, choices=(True, False, "auto")), "AMP_DTYPE": opt(str), "CHANNELS_LAST": opt(bool),
+    "FIND_UNUSED_PARAMETERS": opt(bool),        # DDP (tools/train.py)
 }
 
 
