@@ -5,7 +5,8 @@
 Run by ``scripts/check_cuda_build.sh``, which installs nvcc and the CUDA headers from PyPI wheels into a cache.
 Each source is compiled to an object file (``-c``) against the installed torch's headers as
 ``torch.utils.cpp_extension`` would compile it for ``pip install -e .`` with CUDA: the same defines and nvcc
-flags, ``-std=c++20`` like the CPU build, and one ``-gencode`` per architecture. Our own code is compiled with
+flags, ``-std=c++20`` like the CPU build, and one ``-gencode`` per architecture (a ``.cpp`` holds no device code
+and is compiled for the first architecture only: each architecture re-parses torch's headers). Our own code is compiled with
 warnings as errors (``-Werror all-warnings`` for nvcc's device code, ``-Werror`` for the host compiler); the
 warnings of torch's and CUDA's headers are not ours and are silenced by including them as system headers.
 
@@ -66,6 +67,7 @@ def compile_command(nvcc, source, ext_name, archs, system_includes, out_obj):
     cmd += list(COMMON_NVCC_FLAGS)
     if Path(source).suffix == ".cpp":
         cmd += ["-x", "cu"]     # the op's .cpp with WITH_CUDA: host code that includes the CUDA declarations
+        archs = list(archs)[:1]  # it holds no device code: every architecture would re-parse the same headers
     for inc in system_includes + [sysconfig.get_paths()["include"]]:
         cmd += ["-isystem", str(inc)]
     for arch in archs:

@@ -34,7 +34,10 @@ def test_compile_command_has_cuda_defines_werror_and_every_arch(tmp_path):
     text = " ".join(map(str, cmd))
     assert "-DWITH_CUDA" in cmd and "-DTORCH_EXTENSION_NAME=knn_ext" in cmd and "-x cu" in text
     assert "-Werror all-warnings" in text and "-Xcompiler -Werror" in text
-    assert "arch=compute_75,code=sm_75" in cmd and "arch=compute_90,code=sm_90" in cmd
+    assert "arch=compute_75,code=sm_75" in cmd and "arch=compute_90,code=sm_90" not in cmd   # host code: one arch
+    cu = cbc.compile_command(tmp_path / "cuda" / "bin" / "nvcc", REPO / "pcdet/ops/knn/src/knn_kernel.cu",
+                             "pcdet.ops.knn.knn_ext", ["75", "90"], [tmp_path / "inc"], tmp_path / "o.o")
+    assert "arch=compute_75,code=sm_75" in cu and "arch=compute_90,code=sm_90" in cu and "-x" not in cu
 
 
 def test_missing_nvcc_is_a_named_error(tmp_path, capsys):
