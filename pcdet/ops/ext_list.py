@@ -12,6 +12,7 @@ _OPS = (
     ("pcdet.ops.voxel_count.voxel_count_ext", "pcdet/ops/voxel_count/src"),
     ("pcdet.ops.knn.knn_ext", "pcdet/ops/knn/src"),
     ("pcdet.ops.iou3d_nms.iou3d_nms_ext", "pcdet/ops/iou3d_nms/src"),
+    ("pcdet.ops.pd_edge_loss.pd_edge_loss_ext", "pcdet/ops/pd_edge_loss/src"),
 )
 
 

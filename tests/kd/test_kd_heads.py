@@ -435,3 +435,38 @@ def test_pointdistiller_graph_layers_cannot_zero_the_loss_alone():
     assert end_free < end_norm < end, (end_free, end_norm, end)  # measured: 0.0004 < 0.033 < 0.46
     with pytest.raises(ValueError, match="TEACHER_GRAPH"):
         _pd(6, 3, TEACHER_GRAPH="fixed")
+
+
+@pytest.mark.parametrize("teacher_graph", ["frozen", "trainable"])
+def test_pointdistiller_fused_loss_equals_the_reference_path(teacher_graph):
+    from pcdet.ops import _loader
+    from pcdet.ops.pd_edge_loss import EXT_NAME
+    if _loader.load_extension(EXT_NAME) is None:
+        pytest.skip(f"{EXT_NAME} is not built")
+    rows = 300
+    coords = torch.zeros(rows, 4, dtype=torch.long)
+    coords[rows // 3:, 0] = 1
+    batch = {"voxel_coords": coords, "voxel_num_points": torch.randint(1, 30, (rows,))}
+    torch.manual_seed(3)
+    f_t, f_s0 = torch.relu(torch.randn(rows, 12)), torch.relu(torch.randn(rows, 6))
+    out = {}
+    for impl in ("fused", "reference"):
+        torch.manual_seed(0)
+        cfg = EasyDict({"NAME": "PointDistiller", "TEACHER_TAP": "t", "STUDENT_TAP": "s", "NUM_KEEP": 80, "K": 16,
+                        "TAU": 1.0, "LOSS_WEIGHT": 2.0, "GRAPH_CHANNELS": 6, "TEACHER_GRAPH": teacher_graph,
+                        "EDGE_MODE": "diff", "IMPLEMENTATION": impl})
+        head = KD_HEADS.get("PointDistiller")(cfg, _ctx({"feature": ([(rows, 12)], [(rows, 6)])}))
+        f_s = f_s0.clone().requires_grad_(True)
+        loss = head({"feature": ([f_t], [f_s])}, batch)["kd_pointdistiller"]
+        loss.backward()
+        out[impl] = (loss.detach(), f_s.grad, {n: p.grad for n, p in head.named_parameters() if p.grad is not None},
+                     {n: b.clone() for n, b in head.named_buffers()})
+    (lf, gf, pf, bf), (lr, gr, pr, br) = out["fused"], out["reference"]
+    torch.testing.assert_close(lf, lr, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gf, gr, rtol=1e-4, atol=1e-6)
+    assert pf.keys() == pr.keys() and ("graph_t.conv.weight" in pf) == (teacher_graph == "trainable")
+    for name in pf:
+        torch.testing.assert_close(pf[name], pr[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    for name in bf:   # BatchNorm running averages advance alike
+        torch.testing.assert_close(bf[name], br[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert int(bf["graph_s.bn.num_batches_tracked"]) == 1

@@ -92,3 +92,35 @@ def test_nms_cuda_matches_cpu(rotated):
     cuda_fn, cpu_fn = (wrap.nms_cuda, utils.nms) if rotated else (wrap.nms_normal_cuda, utils.nms_normal)
     keep = cuda_fn(boxes.cuda(), scores.cuda(), 0.3)
     assert torch.equal(keep.cpu(), cpu_fn(boxes, scores, 0.3))
+
+
+requires_pd = pytest.mark.skipif(cuda_ext("pcdet.ops.pd_edge_loss.pd_edge_loss_ext") is None, reason=CUDA_REASON)
+
+
+@requires_pd
+@pytest.mark.parametrize("teacher_grad", [False, True])
+def test_pd_edge_loss_cuda_matches_reference(teacher_grad):
+    from pcdet.ops.pd_edge_loss import pd_edge_loss, pd_edge_loss_reference
+    g = torch.Generator().manual_seed(7)
+    m, q, k, c = 500, 300, 24, 8
+    idx = torch.randint(0, m, (q, k), generator=g)
+    valid = torch.rand(q, k, generator=g) > 0.1
+    phi = torch.rand(q, generator=g) * 2
+    base = [torch.randn(m, c, generator=g), torch.randn(q, c, generator=g), torch.rand(c, generator=g) + 0.5,
+            torch.randn(c, generator=g) * 0.1]
+    base_t = [2 * base[0] + 1, torch.randn(q, c, generator=g), torch.ones(c), torch.zeros(c)]
+
+    def run(device, fn):
+        s = [t.to(device).requires_grad_(True) for t in base]
+        t_ = [t.to(device).requires_grad_(teacher_grad) for t in base_t]
+        loss, stats = fn(s, t_, idx.to(device), valid.to(device), phi.to(device), 2.0)
+        loss.backward()
+        return loss.detach().cpu(), stats.cpu(), [None if x.grad is None else x.grad.cpu() for x in s + t_]
+
+    got, want = run("cuda", pd_edge_loss), run("cpu", pd_edge_loss_reference)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[2], want[2]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -74,8 +74,9 @@ class GraphLayer(nn.Module):
         q, k, c = y.shape
         return F.relu(self.bn(y.reshape(q * k, c))).view(q, k, c)
 
-    def forward(self, features, query_index, idx, mode="concat"):
-        """features (M, C), query_index (Q,), idx (Q, K) neighbour rows -> (Q, K, C')."""
+    def project(self, features, query_index, mode="concat"):
+        """The two halves of the edge convolution: rows (M, C') = F W_j^T and centre (Q, C') = F[query] W_i^T
+        (W_i - W_j for 'diff' edges); the edge (i, k) with neighbour j has pre-activation rows[j] + centre[i]."""
         if features.dim() != 2 or 2 * features.shape[1] != self.c_in:
             raise ValueError(f"GraphLayer: expected features (M, {self.c_in // 2}), got {tuple(features.shape)}")
         c = self.c_in // 2
@@ -84,8 +85,31 @@ class GraphLayer(nn.Module):
             w_i = w_i - w_j
         elif mode != "concat":
             raise ValueError(f"GraphLayer: mode must be 'concat' or 'diff', got '{mode}'")
-        rows = features @ w_j.t()  # (M, C')
-        centre = features[query_index] @ w_i.t()  # (Q, C')
+        return features @ w_j.t(), features[query_index] @ w_i.t()
+
+    def affine(self, like):
+        """(gamma, beta) of the BatchNorm: its parameters, or ones / zeros (float32, on ``like``'s device)."""
+        if self.bn.affine:
+            return self.bn.weight, self.bn.bias
+        c = self.bn.num_features
+        return torch.ones(c, device=like.device), torch.zeros(c, device=like.device)
+
+    @torch.no_grad()
+    def track(self, mean, var, count):
+        """Update the BatchNorm running averages from batch statistics of ``count`` edges (biased ``var``), as a
+        training-mode BatchNorm1d forward does; used by the fused loss, which normalises outside the module."""
+        bn = self.bn
+        if not (bn.training and bn.track_running_stats):
+            return
+        bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        unbiased = var * (count / max(count - 1, 1))
+        bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_(unbiased.to(bn.running_var.dtype), alpha=momentum)
+
+    def forward(self, features, query_index, idx, mode="concat"):
+        """features (M, C), query_index (Q,), idx (Q, K) neighbour rows -> (Q, K, C')."""
+        rows, centre = self.project(features, query_index, mode)
         q, k = idx.shape
         edges = torch.index_select(rows, 0, idx.reshape(-1)).view(q, k, -1)
         return self._finish(edges.add_(centre[:, None, :]))  # in place: index_select's backward needs no output

@@ -9,6 +9,7 @@ from .base import KD_HEADS, KDHead, channels_of
 from ...config_schema import opt, req
 
 IMPORTANCE_MODES = ("auto", "points", "points_uncapped", "teacher_max")
+IMPLEMENTATIONS = ("auto", "fused", "reference")
 # batch key of each count mode: the detector's view (capped at MAX_POINTS_PER_VOXEL) or the raw count
 COUNT_KEYS = {"points": "voxel_num_points", "points_uncapped": "voxel_num_points_raw"}
 # warn when the effective number of weighted rows exp(entropy(phi / N)) falls below this share of N
@@ -56,13 +57,17 @@ class PointDistillerHead(KDHead):
     rows, 'teacher_max' otherwise; 'points': points per voxel as the detector sees them, capped at
     MAX_POINTS_PER_VOXEL, as the authors; 'points_uncapped': the raw count; 'teacher_max': channel max of the
     teacher feature), TEACHER_GRAPH ('frozen' default: teacher side a fixed random projection + BN without affine;
-    'normalized': BN without affine; 'trainable': as the authors, both sides learn).
+    'normalized': BN without affine; 'trainable': as the authors, both sides learn), IMPLEMENTATION ('auto'
+    default: the fused graph loss of ``pcdet.ops.pd_edge_loss`` in training when it is built for the device, else
+    the PyTorch path; 'fused': the compiled op or an error; 'reference': the PyTorch path, which materialises the
+    (Q, K, C') edge tensors).
     Term: kd_pointdistiller. Statistic: ``stats['effective_rows']``, the mean over scans of exp(entropy(phi / N))
     / N (1 = uniform weights; a warning is logged when a scan falls under 5%).
     """
     CONFIG_SCHEMA = {"TEACHER_TAP": req(str, list), "STUDENT_TAP": req(str, list), "NUM_KEEP": req(int),
                      "K": req(int), "TAU": req(float), "LOSS_WEIGHT": req(float), "GRAPH_CHANNELS": req(int),
-                     "EDGE_MODE": opt(str), "IMPORTANCE": opt(str), "TEACHER_GRAPH": opt(str)}
+                     "EDGE_MODE": opt(str), "IMPORTANCE": opt(str), "TEACHER_GRAPH": opt(str),
+                     "IMPLEMENTATION": opt(str)}
 
     @staticmethod
     def tap_requests(cfg):
@@ -103,6 +108,10 @@ class PointDistillerHead(KDHead):
                              f"'{self.teacher_graph}'")
         self.graph_t = GraphLayer(2 * c_t, c_g, mode=self.teacher_graph)
         self.graph_s = GraphLayer(2 * c_s, c_g)
+        self.implementation = str(cfg.get("IMPLEMENTATION", "auto"))
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"PointDistiller: IMPLEMENTATION must be one of {IMPLEMENTATIONS}, got "
+                             f"'{self.implementation}'")
         self.logged_phi = False
         self.warned_at = None
         self.calls = 0
@@ -184,9 +193,42 @@ class PointDistillerHead(KDHead):
             return {f"kd_{self.name}": zero_like_graph(f_s, *self.parameters())}
         with torch.no_grad():
             idx, valid = _knn()(f_t, b_t, self.k, query_index=query)
+        phi = scan_softmax_weights(scores[query], b_t[query], self.tau)
+        self._check_phi(phi, b_t[query])
+        if self._fused(f_s):
+            return {f"kd_{self.name}": self._fused_loss(f_t, f_s, query, idx, valid, phi)}
         # same neighbour indices for both sides; edges are projected without materialising (Q, K, 2C)
         g_t = self.graph_t(f_t, query, idx, self.edge_mode)
         g_s = self.graph_s(f_s, query, idx, self.edge_mode)
-        phi = scan_softmax_weights(scores[query], b_t[query], self.tau)
-        self._check_phi(phi, b_t[query])
         return {f"kd_{self.name}": pointdistiller_loss(g_t, g_s, phi, valid, self.loss_weight)}
+
+    def _fused(self, like):
+        if self.implementation == "reference":
+            return False
+        from ...ops.pd_edge_loss import EXT_NAME, fused_available
+
+        ok = fused_available(like)
+        if self.implementation == "fused":
+            if not ok:
+                raise RuntimeError(f"PointDistiller: IMPLEMENTATION 'fused' but {EXT_NAME} is not built for "
+                                   f"{like.device.type} tensors (pip install --no-build-isolation -e .)")
+            if not self.training:
+                raise RuntimeError("PointDistiller: IMPLEMENTATION 'fused' normalises with batch statistics and runs "
+                                   "in training mode only")
+            return True
+        return ok and self.training
+
+    def _fused_loss(self, f_t, f_s, query, idx, valid, phi):
+        """The same loss as the graph layers + ``pointdistiller_loss`` in training mode, by the fused op."""
+        from ...ops.pd_edge_loss import pd_edge_loss
+
+        rows_t, centre_t = self.graph_t.project(f_t, query, self.edge_mode)
+        rows_s, centre_s = self.graph_s.project(f_s, query, self.edge_mode)
+        if self.graph_t.bn.eps != self.graph_s.bn.eps:
+            raise ValueError("PointDistiller: the fused loss needs the same BatchNorm eps on both graph layers")
+        loss, stats = pd_edge_loss((rows_s, centre_s, *self.graph_s.affine(rows_s)),
+                                   (rows_t, centre_t, *self.graph_t.affine(rows_t)), idx, valid, phi,
+                                   self.loss_weight, eps=self.graph_s.bn.eps)
+        self.graph_s.track(stats[0], stats[1], idx.numel())
+        self.graph_t.track(stats[2], stats[3], idx.numel())
+        return loss

@@ -1,0 +1,87 @@
+"""Fused PointDistiller graph loss: both graph layers' BatchNorm + ReLU over the kNN edges and the phi-weighted
+squared error, forward and backward, without materialising (Q, K, C') tensors (``src/pd_edge_loss.cpp``, CUDA in
+``src/pd_edge_loss_kernel.cu``; PyTorch reference in ``reference.py``).
+
+A 1x1 edge convolution W = [W_j, W_i] on [F(j); F(i)] equals W_j F(j) + W_i F(i), so each side enters as its two
+projections: ``rows = F @ W_j.T`` (M, C') and ``centre = F[query] @ W_i.T`` (Q, C'); the edge (i, k) with neighbour
+j = idx[i, k] has pre-activation ``rows[j] + centre[i]``. The op computes the BatchNorm batch statistics over all
+Q*K edges, ``z = relu(gamma * yhat + beta)`` per side, and
+``lam * sum_{valid (i, k)} phi_i sum_c (z_t - z_s)^2 / max(1, #valid * C')``; it returns the loss and the statistics
+(for the BatchNorm running averages). Gradients flow to rows, centre, gamma and beta of every side that requires
+them (the teacher side only when its graph layer learns). CPU results do not depend on the thread count.
+"""
+import torch
+
+from .. import _loader
+from .reference import check_pd_args, pd_edge_loss_reference
+
+EXT_NAME = "pcdet.ops.pd_edge_loss.pd_edge_loss_ext"
+
+__all__ = ["pd_edge_loss", "pd_edge_loss_reference", "fused_available"]
+
+
+def _compiled_for(tensor):
+    ext = _loader.load_extension(EXT_NAME)
+    if ext is None:
+        return None
+    if tensor.device.type == "cpu" or (tensor.is_cuda and _loader.cuda_supported(ext)):
+        return ext
+    _loader.notice_once(EXT_NAME + tensor.device.type,
+                        f"{EXT_NAME} has no kernel for {tensor.device.type} tensors; using the PyTorch reference path")
+    return None
+
+
+def fused_available(tensor):
+    """Whether the compiled op serves tensors on ``tensor``'s device."""
+    return _compiled_for(tensor) is not None
+
+
+def pd_edge_loss(side_s, side_t, idx, valid, phi, lam, eps=1e-5, use_reference=False):
+    """The fused loss (compiled when available, else the reference).
+
+    Args:
+        side_s, side_t: (rows (M, C'), centre (Q, C'), gamma (C',), beta (C',)) of the student and the teacher
+            (gamma / beta: ones / zeros for a BatchNorm without affine).
+        idx: (Q, K) int64 neighbour rows; valid: (Q, K) bool (invalid edges enter the BatchNorm statistics but
+            not the loss, as in the reference); phi: (Q,) row weights (no gradient).
+        lam: loss weight; eps: the BatchNorm epsilon.
+    Returns:
+        (loss (), stats (4, C') float64: batch mean and biased variance of the student's, then the teacher's
+        pre-activations).
+    """
+    check_pd_args(side_s, side_t, idx, valid, phi)
+    ext = None if use_reference else _compiled_for(idx)
+    if ext is None or idx.numel() == 0:
+        return pd_edge_loss_reference(side_s, side_t, idx, valid, phi, lam, eps)
+    return _PDEdgeLoss.apply(float(lam), float(eps), idx, valid, phi, *side_s, *side_t)
+
+
+class _PDEdgeLoss(torch.autograd.Function):
+    """Outputs (loss, stats); stats carry no gradient."""
+
+    @staticmethod
+    def forward(ctx, lam, eps, idx, valid, phi, *sides):
+        ext = _loader.load_extension(EXT_NAME)
+        f32 = [t.detach().float().contiguous() for t in sides]
+        side_s, side_t = f32[:4], f32[4:]
+        idx, valid = idx.contiguous(), valid.contiguous()
+        phi = phi.detach().float().contiguous()
+        loss, stats = ext.forward(side_s, side_t, idx, valid, phi, lam, eps)
+        ctx.save_for_backward(idx, valid, phi, stats, *f32)
+        ctx.lam, ctx.eps = lam, eps
+        ctx.dtypes = [t.dtype for t in sides]
+        ctx.mark_non_differentiable(stats)
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_stats):
+        ext = _loader.load_extension(EXT_NAME)
+        idx, valid, phi, stats, *f32 = ctx.saved_tensors
+        need = ctx.needs_input_grad[5:]
+        need_s, need_t = any(need[:4]), any(need[4:])
+        grads = ext.backward(grad_loss.detach().float().reshape(()), f32[:4], f32[4:], idx, valid, phi, stats,
+                             ctx.lam, ctx.eps, need_s, need_t)
+        out = []
+        for g, n, dtype in zip(grads, need, ctx.dtypes):
+            out.append(g.to(dtype) if (n and g is not None and g.numel()) else None)
+        return (None, None, None, None, None, *out)
