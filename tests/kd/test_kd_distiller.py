@@ -252,3 +252,31 @@ def test_short_kd_run_of_each_method_logs_gradient_shares(head, tmp_path, caplog
     text = caplog.text
     assert text.count("KD grad norms at step") == 2 and "x det)" in text
     assert "parameters per module" in text and "backbone_2d" in text
+
+
+PIVOTAL_HEAD = {"NAME": "PivotalLogitKD", "TYPE": "heatmap", "TEACHER_TAP": "dense_head.heads_list.*@hm",
+                "STUDENT_TAP": "dense_head.heads_list.*@hm", "TOPK": 16, "GT_CENTRES": True, "LOSS_WEIGHT": 1.0,
+                "BOX": {"TEACHER_TAP": "dense_head.heads_list.*", "STUDENT_TAP": "dense_head.heads_list.*",
+                        "LOSS_WEIGHT": 0.5}}
+
+
+def test_composed_kd_heads_train_together_and_log_each_term(tmp_path):
+    """PointDistiller + pivotal logit KD (with its box term) + plain logit KD in one config."""
+    heads = [{"NAME": "PointDistiller", "TEACHER_TAP": "vfe@pillar_features", "STUDENT_TAP": "vfe@pillar_features",
+              "NUM_KEEP": 64, "K": 8, "TAU": 1.0, "LOSS_WEIGHT": 2.0, "GRAPH_CHANNELS": 8},
+             copy.deepcopy(PIVOTAL_HEAD),
+             {"NAME": "LogitKD", "TYPE": "heatmap", "TEACHER_TAP": "dense_head.heads_list.*@hm",
+              "STUDENT_TAP": "dense_head.heads_list.*@hm", "LOSS_WEIGHT": 0.5}]
+    _, _, dataset, student, distiller, _ = S.build_setup(tmp_path, kd_heads=heads)
+    opt = torch.optim.AdamW([p for p in distiller.parameters() if p.requires_grad], lr=1e-3)
+    for step in range(2):
+        ret, tb, _ = distiller(S.make_batch(dataset, 2, start=step))
+        terms = {k: v for k, v in tb.items() if k.startswith("kd_")}
+        assert set(terms) == {"kd_pointdistiller", "kd_pivotallogitkd", "kd_pivotallogitkd_box", "kd_logitkd"}
+        assert all(v > 0 for v in terms.values()), terms
+        assert ret["loss"].item() == pytest.approx(tb["det_loss"] + sum(terms.values()), rel=1e-5)
+        opt.zero_grad()
+        ret["loss"].backward()
+        opt.step()
+        distiller.update_global_step()
+    assert distiller.kd_heads["pivotallogitkd"].stats["positions"] >= 16

@@ -132,6 +132,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write every row (case, method, time, peak memory, "
+                                                     "ratios) to this JSON file")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -148,16 +150,19 @@ def main():
     print(header)
     print("-" * len(header))
     base = {}
+    rows = []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     for case, method, is_base in CASES:
         missing = _missing(method)
         if missing:
             print(f"{case:<15} {method:<26} {'(' + missing + ' not installed)':>40}")
+            rows.append({"case": case, "method": method, "missing": missing})
             continue
         proc = subprocess.run([sys.executable, __file__, "--child", case, method, "--reps", str(args.reps),
                                "--threads", str(args.threads)], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(f"{case:<15} {method:<26} failed: {proc.stderr.strip().splitlines()[-1]}")
+            rows.append({"case": case, "method": method, "failed": proc.stderr.strip()[-2000:]})
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         if is_base:
@@ -166,6 +171,12 @@ def main():
         speed = ref["ms"] / res["ms"]
         mem = ref["peak_mb"] / max(res["peak_mb"], 0.1)
         print(f"{case:<15} {method:<26} {res['ms']:>9.1f} {res['peak_mb']:>9.1f} {speed:>8.2f}x {mem:>9.1f}x")
+        rows.append({"case": case, "method": method, "baseline": is_base, "ms": res["ms"],
+                     "peak_mb": res["peak_mb"], "speedup_vs_baseline": speed, "memory_ratio_vs_baseline": mem})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "reps": args.reps, "compiled": compiled, "rows": rows}, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":

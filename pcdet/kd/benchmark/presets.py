@@ -38,10 +38,12 @@ KD_BLOCKS = {
                        "centerpoint": "kd/pointdistiller_centerpoint.yaml",
                        "centerpoint_pillar": "kd/pointdistiller_centerpoint.yaml"},
     "itkd": {"centerpoint": "kd/itkd_centerpoint.yaml", "centerpoint_pillar": "kd/itkd_centerpoint_pillar.yaml"},
+    "pivotal_kd": {"pointpillar": "kd/pivotal_kd_pointpillar.yaml", "centerpoint": "kd/pivotal_kd_centerpoint.yaml",
+                   "centerpoint_pillar": "kd/pivotal_kd_centerpoint.yaml"},
 }
 METHOD_LABELS = {"teacher": "Teacher", "none": "Student alone", "logit_kd": "Logit KD", "fitnet": "FitNet",
-                 "pointdistiller": "PointDistiller", "itkd": "itKD"}
-METHOD_ORDER = ["teacher", "none", "logit_kd", "fitnet", "pointdistiller", "itkd"]
+                 "pointdistiller": "PointDistiller", "itkd": "itKD", "pivotal_kd": "Pivotal logit KD"}
+METHOD_ORDER = ["teacher", "none", "logit_kd", "fitnet", "pointdistiller", "itkd", "pivotal_kd"]
 
 # fixed before any run, for CPU compute only: GT sampling dominates data loading on 2 cores; bf16 autocast with
 # channels_last weights gave 1.5-1.9x faster steps on an AMX CPU, but 4.5x slower ones on an AVX2-only CPU, so the
@@ -88,6 +90,8 @@ PRESETS = {
                 {"label": "tau0.01", "overrides": {"TAU": 0.01, "LOSS_WEIGHT": 2.0}},
                 {"label": "tau1", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 2.0}},
                 {"label": "tau1_w8", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 8.0}},
+                # KD_METHODS.md: the authors' trainable teacher-side layer against our 'frozen' default, decided here
+                {"label": "tau1_trainable", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 2.0, "TEACHER_GRAPH": "trainable"}},
             ]},
             "itkd": {"centerpoint_pillar": [
                 {"label": "default", "overrides": {"AE": {"WEIGHT": 0.5}, "KD": {"DET_LOSS_WEIGHT": 0.5}}},
