@@ -30,6 +30,8 @@ def test_heading_accuracy_wraps_around():
 
 def test_levels_by_point_count_and_label():
     np.testing.assert_array_equal(we.gt_levels([0, 1, 5, 6, 100], [0, 0, 0, 0, 2]), [0, 2, 2, 1, 2])
+    # a label wins over the point count: labelled LEVEL_1 with 3 points stays LEVEL_1
+    np.testing.assert_array_equal(we.gt_levels([3, 3, 50, 0], [1, 2, 1, 1]), [1, 2, 1, 0])
 
 
 def test_level_1_counts_a_detection_of_a_level_2_box_as_a_true_positive():

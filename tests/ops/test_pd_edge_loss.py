@@ -10,7 +10,7 @@ requires_ext = pytest.mark.skipif(_loader.load_extension(EXT_NAME) is None,
                                   reason=f"{EXT_NAME} is not built (pip install --no-build-isolation -e .)")
 
 
-def _case(m=60, q=25, k=7, c=5, seed=0, ties=False, padded=False, teacher_grad=True):
+def _case(m=60, q=25, k=7, c=5, seed=0, ties=False, padded=False, teacher_grad=True, offset=0.0):
     g = torch.Generator().manual_seed(seed)
     if ties:   # few distinct rows, repeated neighbours: many identical edges
         base = torch.randint(-2, 3, (4, c), generator=g).float()
@@ -18,6 +18,7 @@ def _case(m=60, q=25, k=7, c=5, seed=0, ties=False, padded=False, teacher_grad=T
         rows_t = 2 * base[torch.randint(0, 4, (m,), generator=g)]
     else:
         rows_s, rows_t = torch.randn(m, c, generator=g), torch.randn(m, c, generator=g) * 2 + 0.5
+    rows_s, rows_t = rows_s + offset, rows_t + offset    # a channel mean far from 0 against its spread
     centre_s, centre_t = torch.randn(q, c, generator=g), torch.randn(q, c, generator=g)
     idx = torch.randint(0, m, (q, k), generator=g)
     if ties:
@@ -42,10 +43,11 @@ def _run(fn, side_s, side_t, idx, valid, phi, lam=2.0):
 
 
 @requires_ext
-@pytest.mark.parametrize("kind", ["random", "ties", "padded", "frozen_teacher"])
+@pytest.mark.parametrize("kind", ["random", "ties", "padded", "frozen_teacher", "offset"])
 def test_fused_loss_stats_and_gradients_match_the_reference(kind):
-    case = _case(seed={"random": 0, "ties": 1, "padded": 2, "frozen_teacher": 3}[kind], ties=kind == "ties",
-                 padded=kind == "padded", teacher_grad=kind != "frozen_teacher")
+    case = _case(seed={"random": 0, "ties": 1, "padded": 2, "frozen_teacher": 3, "offset": 8}[kind],
+                 ties=kind == "ties", padded=kind == "padded", teacher_grad=kind != "frozen_teacher",
+                 offset=300.0 if kind == "offset" else 0.0)
     loss, stats, grads = _run(pd_edge_loss, *case)
     ref_loss, ref_stats, ref_grads = _run(pd_edge_loss_reference, *case)
     assert loss.item() > 0
@@ -57,12 +59,15 @@ def test_fused_loss_stats_and_gradients_match_the_reference(kind):
             assert g is None, name
             continue
         assert r.abs().sum() > 0, name
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        # with the offset every pre-activation is ~300 where float32 steps are 3e-5: both paths round alike only
+        # to ~1e-3 of the (unit-spread) normalised values
+        tol = dict(rtol=1e-3, atol=1e-5) if kind == "offset" else dict(rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(g, r, **tol, msg=lambda m: f"{name}: {m}")
 
 
-@requires_ext
-def test_fused_loss_matches_finite_differences_in_float64_reference_terms():
-    # the reference itself is checked by gradcheck (float64), so the fused gradients are anchored to numbers
+def test_the_reference_passes_gradcheck():
+    # the oracle itself is checked against finite differences (float64), so the fused gradients it is compared
+    # with are anchored to numbers
     side_s, side_t, idx, valid, phi = _case(m=12, q=5, k=3, c=2, seed=4, padded=True)
     s64 = [t.detach().double().requires_grad_(True) for t in side_s]
     t64 = [t.detach().double().requires_grad_(True) for t in side_t]
@@ -114,5 +119,7 @@ def test_bad_arguments_are_named():
         pd_edge_loss(side_s, side_t, idx, valid.float(), phi, 1.0)
     with pytest.raises(ValueError, match="idx must lie in"):
         pd_edge_loss(side_s, side_t, idx + 100, valid, phi, 1.0)
+    with pytest.raises(ValueError, match="must be on the device of idx"):
+        pd_edge_loss(side_s, side_t, idx, valid, phi.to("meta"), 1.0)
     with pytest.raises(ValueError, match="teacher gamma / beta"):
         pd_edge_loss(side_s, [side_t[0], side_t[1], side_t[2][:2], side_t[3]], idx, valid, phi, 1.0)

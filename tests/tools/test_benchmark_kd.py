@@ -204,7 +204,8 @@ def test_tuning_report_lists_each_setting_with_its_difference(tmp_path):
                   split="tune")
     text = rep.tuning_markdown(bench, rep.collect(bench, "tune"))
     rows = [l for l in text.splitlines() if "| PointDistiller |" in l]
-    assert len(rows) == 3 and all("+2.00" in l for l in rows) and '"TAU": 1.0' in rows[1]
+    assert len(rows) == 4 and all("+2.00" in l for l in rows) and '"TAU": 1.0' in rows[1]
+    assert sum('"TEACHER_GRAPH": "trainable"' in l for l in rows) == 1
 
 
 def test_progress_line_estimates_from_finished_cost(tmp_path):

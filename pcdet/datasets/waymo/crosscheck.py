@@ -48,7 +48,7 @@ def random_case(seed, num_frames=40, classes=("Vehicle", "Pedestrian", "Cyclist"
                 g_names.append(name)
                 g_boxes.append(box)
                 g_points.append(int(rng.choice([0, rng.integers(1, 6), rng.integers(6, 300)], p=[0.1, 0.25, 0.65])))
-                g_diff.append(2 if rng.random() < 0.1 else 0)
+                g_diff.append(int(rng.choice([0, 1, 2], p=[0.8, 0.1, 0.1])))
                 for _ in range(int(rng.choice([0, 1, 2], p=[0.2, 0.65, 0.15]))):
                     det = box.copy()
                     det[0:3] += rng.normal(0, 0.06, 3) * box[3:6]
@@ -74,12 +74,16 @@ def random_case(seed, num_frames=40, classes=("Vehicle", "Pedestrian", "Cyclist"
 
 def official_inputs(gt_annos, det_annos):
     """The op's flat arrays: every frame concatenated with its index as frame id; ground truth without points
-    dropped (as OpenPCDet does); difficulty = ``waymo_eval.gt_levels``; classes outside ``CLASS_TYPES`` dropped."""
+    dropped (as OpenPCDet does); difficulty = the label where there is one, else by points (OpenPCDet's
+    conversion, written out here independently of ``waymo_eval.gt_levels``); classes outside ``CLASS_TYPES``
+    dropped."""
     out = {k: [] for k in ("pd_bbox", "pd_type", "pd_score", "pd_frame", "gt_bbox", "gt_type", "gt_frame",
                            "gt_difficulty")}
     for frame, (gt, det) in enumerate(zip(gt_annos, det_annos)):
-        levels = waymo_eval.gt_levels(gt["num_points_in_gt"], gt.get("difficulty"))
-        keep = (levels > 0) & np.isin(gt["name"], list(CLASS_TYPES))
+        points = np.asarray(gt["num_points_in_gt"])
+        label = np.asarray(gt.get("difficulty", np.zeros(len(points), np.int64)))
+        levels = np.where(label > 0, label, np.where(points <= 5, 2, 1))
+        keep = (points > 0) & np.isin(gt["name"], list(CLASS_TYPES))
         out["gt_bbox"].append(np.asarray(gt["gt_boxes_lidar"]).reshape(-1, 7)[keep])
         out["gt_type"].append([CLASS_TYPES[n] for n in np.asarray(gt["name"])[keep]])
         out["gt_frame"].append(np.full(int(keep.sum()), frame))

@@ -7,8 +7,8 @@ matcher, 3D boxes, and the score cut-offs ``0, 0.01, ..., 0.99, 1.0``. When the 
 ``tests/datasets/test_waymo_eval.py`` compares this module with its op cell by cell.
 
     * Input: ground-truth boxes with no LiDAR point are dropped before anything else (as OpenPCDet does), so a
-      detection on one is a false positive. A box is LEVEL_2 when labelled so (``difficulty`` 2) or when it has
-      <= 5 points, else LEVEL_1.
+      detection on one is a false positive. A labelled box keeps its level (``difficulty`` 1 or 2); a box without a
+      label (``difficulty`` 0) is LEVEL_2 with <= 5 points, else LEVEL_1.
     * Shards: a class (OBJECT_TYPE), or a class and a range interval (RANGE: ``[0, 30)``, ``[30, 50)``,
       ``[50, inf)`` m of 3D distance of the box centre from the sensor origin); ground truth and detections are each
       put in the shard of their own class and range, and every shard is matched and scored on its own.
@@ -61,11 +61,14 @@ def iou3d(boxes_a, boxes_b):
 
 
 def gt_levels(num_points, difficulty=None):
-    """(M,) int levels: 0 = dropped (no points), 1 = LEVEL_1, 2 = LEVEL_2 (<= 5 points or labelled 2)."""
+    """(M,) int levels: 0 = dropped (no points), else the labelled level (1 or 2) and, for boxes without a label
+    (``difficulty`` 0 or absent), LEVEL_2 with <= 5 points and LEVEL_1 otherwise (the official tool's and
+    OpenPCDet's rule)."""
     num_points = np.asarray(num_points, dtype=np.int64)
     levels = np.where(num_points <= LEVEL_2_MAX_POINTS, 2, 1)
     if difficulty is not None:
-        levels = np.where(np.asarray(difficulty) == 2, 2, levels)
+        difficulty = np.asarray(difficulty, dtype=np.int64)
+        levels = np.where(difficulty > 0, difficulty, levels)
     return np.where(num_points <= 0, 0, levels)
 
 
@@ -80,10 +83,12 @@ def hungarian_match(ious, iou_thresh):
     """
     if ious.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    can = ious >= iou_thresh
+    ious32 = ious.astype(np.float32)
+    can = ious32 >= np.float32(iou_thresh)      # float32 comparison, as the official matcher's
     if not can.any():
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    weights = np.where(can, np.round(ious.astype(np.float32) * IOU_QUANTISATION), 0.0)
+    scaled = ious32.astype(np.float64) * IOU_QUANTISATION
+    weights = np.where(can, np.floor(scaled + 0.5), 0.0)    # std::round: halves away from zero (IoU >= 0)
     rows, cols = linear_sum_assignment(weights, maximize=True)
     keep = can[rows, cols]
     return rows[keep], cols[keep]

@@ -207,14 +207,18 @@ class PointDistillerHead(KDHead):
             return False
         from ...ops.pd_edge_loss import EXT_NAME, fused_available
 
-        ok = fused_available(like)
+        # the op normalises with batch statistics: a graph layer whose BatchNorm is in eval mode (running
+        # statistics) takes the PyTorch path
+        batch_stats = all(layer.bn.training or not layer.bn.track_running_stats
+                          for layer in (self.graph_s, self.graph_t))
+        ok = fused_available(like) and batch_stats
         if self.implementation == "fused":
             if not ok:
                 raise RuntimeError(f"PointDistiller: IMPLEMENTATION 'fused' but {EXT_NAME} is not built for "
                                    f"{like.device.type} tensors (pip install --no-build-isolation -e .)")
-            if not self.training:
+            if not (self.training and batch_stats):
                 raise RuntimeError("PointDistiller: IMPLEMENTATION 'fused' normalises with batch statistics and runs "
-                                   "in training mode only")
+                                   "in training mode only (both graph layers' BatchNorm in train mode)")
             return True
         return ok and self.training
 

@@ -11,6 +11,7 @@ Q*K edges, ``z = relu(gamma * yhat + beta)`` per side, and
 them (the teacher side only when its graph layer learns). CPU results do not depend on the thread count.
 """
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import _loader
 from .reference import check_pd_args, pd_edge_loss_reference
@@ -46,7 +47,7 @@ def pd_edge_loss(side_s, side_t, idx, valid, phi, lam, eps=1e-5, use_reference=F
             not the loss, as in the reference); phi: (Q,) row weights (no gradient).
         lam: loss weight; eps: the BatchNorm epsilon.
     Returns:
-        (loss (), stats (4, C') float64: batch mean and biased variance of the student's, then the teacher's
+        (loss () float32 on the compiled path, stats (4, C') float64: batch mean and biased variance of the student's, then the teacher's
         pre-activations).
     """
     check_pd_args(side_s, side_t, idx, valid, phi)
@@ -74,6 +75,7 @@ class _PDEdgeLoss(torch.autograd.Function):
         return loss, stats
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss, _grad_stats):
         ext = _loader.load_extension(EXT_NAME)
         idx, valid, phi, stats, *f32 = ctx.saved_tensors

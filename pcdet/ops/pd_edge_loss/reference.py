@@ -29,6 +29,10 @@ def check_pd_args(side_s, side_t, idx, valid, phi):
         if num_rows is not None and (rows.shape[0], c) != num_rows:
             raise ValueError(f"pd_edge_loss: teacher rows {tuple(rows.shape)} differ from the student's {num_rows}")
         num_rows = tuple(rows.shape)
+    devices = {t.device for t in (*side_s, *side_t, valid, phi)}
+    if devices != {idx.device}:
+        raise ValueError(f"pd_edge_loss: every tensor must be on the device of idx ({idx.device}), got "
+                         f"{sorted(str(d) for d in devices)}")
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_rows[0]):
         raise ValueError(f"pd_edge_loss: idx must lie in [0, {num_rows[0]}), got range [{int(idx.min())}, "
                          f"{int(idx.max())}]")
@@ -64,6 +68,6 @@ def pd_edge_loss_reference(side_s, side_t, idx, valid, phi, lam, eps=1e-5):
     sq = ((z_t - z_s) ** 2).sum(1).view(q, k)
     mask = valid.to(sq.dtype)
     denom = (mask.sum() * c).clamp_min(1.0)
-    loss = lam * (sq * mask * phi.to(sq.dtype)[:, None]).sum() / denom
+    loss = lam * (sq * mask * phi.detach().to(sq.dtype)[:, None]).sum() / denom   # phi carries no gradient
     stats = torch.stack([mean_s, var_s, mean_t, var_t]).double()
     return loss, stats

@@ -46,7 +46,7 @@ SideView view_of(const std::vector<at::Tensor>& side) {
           side[3].data_ptr<float>()};
 }
 
-void check_side(const std::vector<at::Tensor>& side, const char* who, int64_t q, int64_t c) {
+void check_side(const std::vector<at::Tensor>& side, const char* who, int64_t q, int64_t c, const at::Device& device) {
   TORCH_CHECK(side.size() == 4, "pd_edge_loss: ", who, " side needs (rows, centre, gamma, beta)");
   TORCH_CHECK(side[0].dim() == 2 && side[0].size(1) == c, "pd_edge_loss: ", who, " rows must be (M, ", c, "), got ",
               side[0].sizes());
@@ -57,15 +57,19 @@ void check_side(const std::vector<at::Tensor>& side, const char* who, int64_t q,
   for (const auto& t : side) {
     TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), "pd_edge_loss: ", who,
                 " tensors must be contiguous float32");
+    TORCH_CHECK(t.device() == device, "pd_edge_loss: ", who, " tensors must be on ", device, ", got ", t.device());
   }
 }
 
-// Per block: sum and sum of squares of y over the block's edges, per channel (float within a query, double
-// across queries).
+// Per block: sum and sum of squares of y - pivot over the block's edges, per channel (float within a query,
+// double across queries). The pivot (the first edge's value) keeps E[(y-p)^2] - E[y-p]^2 accurate when a channel's
+// mean is large against its spread.
 void edge_moments(const SideView& v, const int64_t* idx, int64_t q, int64_t k, int64_t c, double* mean,
                   double* var) {
   const int64_t nb = (q + kBlock - 1) / kBlock;
   std::vector<double> part(static_cast<size_t>(nb * 2 * c), 0.0);
+  std::vector<float> pivot(c);
+  for (int64_t ch = 0; ch < c; ++ch) pivot[ch] = v.rows[idx[0] * c + ch] + v.centre[ch];
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> s1(c), s2(c);
     for (int64_t b = b0; b < b1; ++b) {
@@ -78,7 +82,7 @@ void edge_moments(const SideView& v, const int64_t* idx, int64_t q, int64_t k, i
         for (int64_t kk = 0; kk < k; ++kk) {
           const float* rj = v.rows + idx[i * k + kk] * c;
           for (int64_t ch = 0; ch < c; ++ch) {
-            const float y = rj[ch] + ci[ch];
+            const float y = rj[ch] + ci[ch] - pivot[ch];
             s1[ch] += y;
             s2[ch] += y * y;
           }
@@ -97,8 +101,9 @@ void edge_moments(const SideView& v, const int64_t* idx, int64_t q, int64_t k, i
       a += part[blk * 2 * c + ch];
       b += part[blk * 2 * c + c + ch];
     }
-    mean[ch] = a / n;
-    var[ch] = std::max(0.0, b / n - mean[ch] * mean[ch]);
+    const double shifted = a / n;
+    mean[ch] = pivot[ch] + shifted;
+    var[ch] = std::max(0.0, b / n - shifted * shifted);
   }
 }
 
@@ -152,8 +157,10 @@ std::vector<at::Tensor> pd_edge_loss_forward(const std::vector<at::Tensor>& side
   const int64_t q = idx.size(0), k = idx.size(1);
   TORCH_CHECK(side_s.size() == 4 && side_s[1].dim() == 2, "pd_edge_loss: bad student side");
   const int64_t c = side_s[1].size(1);
-  check_side(side_s, "student", q, c);
-  check_side(side_t, "teacher", q, c);
+  check_side(side_s, "student", q, c, idx.device());
+  check_side(side_t, "teacher", q, c, idx.device());
+  TORCH_CHECK(valid.device() == idx.device() && phi.device() == idx.device(),
+              "pd_edge_loss: valid and phi must be on the device of idx");
   TORCH_CHECK(valid.sizes() == idx.sizes() && valid.scalar_type() == at::kBool && valid.is_contiguous(),
               "pd_edge_loss: valid must be a contiguous (Q, K) bool tensor");
   TORCH_CHECK(phi.dim() == 1 && phi.size(0) == q && phi.scalar_type() == at::kFloat && phi.is_contiguous(),
