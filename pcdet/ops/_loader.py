@@ -44,6 +44,19 @@ def load_extension(name):
     return module
 
 
+def extension_for(name, tensor):
+    """The compiled module ``name`` when it serves tensors on ``tensor``'s device (CPU, or CUDA when built with its
+    kernels), else None; a missing kernel for the device is noticed once."""
+    ext = load_extension(name)
+    if ext is None:
+        return None
+    if tensor.device.type == "cpu" or (tensor.is_cuda and cuda_supported(ext)):
+        return ext
+    notice_once(name + tensor.device.type,
+                f"{name} has no kernel for {tensor.device.type} tensors; using the PyTorch reference path")
+    return None
+
+
 def cuda_supported(module):
     """True when the compiled ``module`` was built with its CUDA kernels."""
     return module is not None and bool(module.with_cuda())

@@ -86,6 +86,17 @@ class KDHead(nn.Module):
         return cfg[key]
 
 
+def check_same_shapes(t_shapes, s_shapes, who, what="logits"):
+    """Teacher and student taps of one role must pair up one to one with equal shapes (same head layout and
+    output grid); ValueError naming the head and the first mismatch otherwise."""
+    if len(t_shapes) != len(s_shapes):
+        raise ValueError(f"{who}: {len(t_shapes)} teacher {what} taps vs {len(s_shapes)} student taps")
+    for t, s in zip(t_shapes, s_shapes):
+        if t != s:
+            raise ValueError(f"{who}: teacher {what} {t} and student {what} {s} differ in shape (same head "
+                             f"layout and output grid required)")
+
+
 def box_centre_cells(gt_boxes, grid, stride, height, width, class_ids=None):
     """Per GT slot: whether it is a real box (class in ``class_ids``, default any) centred on the map, and its cell.
 

@@ -2,7 +2,7 @@
 import torch
 
 from ..losses import bernoulli_kd, heatmap_kd
-from .base import KD_HEADS, KDHead
+from .base import KD_HEADS, KDHead, check_same_shapes
 from ...config_schema import opt, req
 
 
@@ -43,13 +43,7 @@ class LogitKDHead(KDHead):
             raise ValueError("LogitKD: TEMPERATURE applies to TYPE 'anchor' only")
         if self.kind == "anchor" and "GAMMA" in cfg:
             raise ValueError("LogitKD: GAMMA applies to TYPE 'heatmap' only")
-        t_shapes, s_shapes = ctx.shapes["logits"]
-        if len(t_shapes) != len(s_shapes):
-            raise ValueError(f"LogitKD: {len(t_shapes)} teacher taps vs {len(s_shapes)} student taps")
-        for t, s in zip(t_shapes, s_shapes):
-            if t != s:
-                raise ValueError(f"LogitKD: teacher logits {t} and student logits {s} differ in shape (same head "
-                                 f"layout and output grid required)")
+        check_same_shapes(*ctx.shapes["logits"], "LogitKD")
 
     def forward(self, feats, batch_dict, teacher_batch=None):
         losses = []

@@ -3,7 +3,7 @@ its box regression) distilled only at the teacher's most confident positions of 
 import torch
 
 from ..losses import bernoulli_kd, heatmap_kd
-from .base import KD_HEADS, KDHead, box_centre_cells, map_stride
+from .base import KD_HEADS, KDHead, box_centre_cells, check_same_shapes, map_stride
 from .logit_kd import _as_map
 from ...config_schema import opt, req
 
@@ -83,7 +83,7 @@ class PivotalLogitKDHead(KDHead):
         self.num_classes = len(ctx.student.class_names)
         self.grid = ctx.student
         t_shapes, s_shapes = ctx.shapes["logits"]
-        self._check_pairs(t_shapes, s_shapes, "class logits")
+        check_same_shapes(t_shapes, s_shapes, who, "class logits")
         for shape in s_shapes:
             shape = shape.get("hm") if isinstance(shape, dict) else shape
             if self.kind == "anchor" and (len(shape) != 4 or shape[1] % self.num_classes):
@@ -96,19 +96,10 @@ class PivotalLogitKDHead(KDHead):
                 raise ValueError(f"{who}: BOX.LOSS_TYPE must be one of {BOX_LOSSES}, got '{self.box_loss}'")
             self.box_keys = list(self.box.get("KEYS", ["center", "center_z", "dim", "rot"]))
             bt, bs = ctx.shapes["boxes"]
-            self._check_pairs(bt, bs, "box maps")
+            check_same_shapes(bt, bs, who, "box maps")
             if len(bs) != len(s_shapes):
                 raise ValueError(f"{who}: {len(s_shapes)} class taps but {len(bs)} BOX taps (one per head)")
         self.stats = {}
-
-    @staticmethod
-    def _check_pairs(t_shapes, s_shapes, what):
-        if len(t_shapes) != len(s_shapes):
-            raise ValueError(f"PivotalLogitKD: {len(t_shapes)} teacher {what} taps vs {len(s_shapes)} student taps")
-        for t, s in zip(t_shapes, s_shapes):
-            if t != s:
-                raise ValueError(f"PivotalLogitKD: teacher {what} {t} and student {s} differ in shape (same head "
-                                 f"layout and output grid required)")
 
     def _positions(self, t_logits, batch_dict):
         """(B, A, H, W) bool mask of the distilled positions (A = 1 for heatmaps) and the logits as

@@ -22,14 +22,7 @@ __all__ = ["pd_edge_loss", "pd_edge_loss_reference", "fused_available"]
 
 
 def _compiled_for(tensor):
-    ext = _loader.load_extension(EXT_NAME)
-    if ext is None:
-        return None
-    if tensor.device.type == "cpu" or (tensor.is_cuda and _loader.cuda_supported(ext)):
-        return ext
-    _loader.notice_once(EXT_NAME + tensor.device.type,
-                        f"{EXT_NAME} has no kernel for {tensor.device.type} tensors; using the PyTorch reference path")
-    return None
+    return _loader.extension_for(EXT_NAME, tensor)
 
 
 def fused_available(tensor):

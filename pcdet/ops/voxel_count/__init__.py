@@ -29,11 +29,7 @@ def voxel_point_counts(points, point_cloud_range, voxel_size, with_batch_idx=Fal
     """
     lo, vs, grid = check_voxel_args(points, point_cloud_range, voxel_size, with_batch_idx)
     if not use_reference:
-        ext = _loader.load_extension(EXT_NAME)
-        if ext is not None and (points.device.type == "cpu" or (points.is_cuda and _loader.cuda_supported(ext))):
-            return tuple(ext.voxel_point_counts(points.detach().contiguous(), lo, vs, grid, bool(with_batch_idx)))
+        ext = _loader.extension_for(EXT_NAME, points)
         if ext is not None:
-            _loader.notice_once(EXT_NAME + points.device.type,
-                                f"{EXT_NAME} has no kernel for {points.device.type} tensors; "
-                                f"using the PyTorch reference path")
+            return tuple(ext.voxel_point_counts(points.detach().contiguous(), lo, vs, grid, bool(with_batch_idx)))
     return voxel_point_counts_reference(points, point_cloud_range, voxel_size, with_batch_idx)

@@ -234,13 +234,6 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
   const SideView s = view_of(side_s), t = view_of(side_t);
   const auto stats_c = stats.to(at::kDouble).contiguous();
   const double* st = stats_c.data_ptr<double>();
-  std::vector<double> rstd_sv(c), rstd_tv(c);
-  for (int64_t ch = 0; ch < c; ++ch) {
-    rstd_sv[ch] = 1.0 / std::sqrt(st[c + ch] + eps);
-    rstd_tv[ch] = 1.0 / std::sqrt(st[3 * c + ch] + eps);
-  }
-  const double* rstd_s = rstd_sv.data();
-  const double* rstd_t = rstd_tv.data();
   const int64_t* ip = idx.data_ptr<int64_t>();
   const bool* vp = valid.data_ptr<bool>();
   const float* pp = phi.data_ptr<float>();
@@ -251,19 +244,7 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
   const double denom = std::max(1.0, static_cast<double>(count_valid(vp, n_edges) * c));
   const float coef = static_cast<float>(grad_loss.item<double>() * 2.0 * lam / denom);
 
-  auto norm_from = [&](const SideView& v, const double* mean, const double* rstd) {
-    Norm nm{std::vector<float>(c), std::vector<float>(c), std::vector<float>(c), std::vector<float>(c),
-            std::vector<float>(c)};
-    for (int64_t ch = 0; ch < c; ++ch) {
-      nm.mean[ch] = static_cast<float>(mean[ch]);
-      nm.rstd[ch] = static_cast<float>(rstd[ch]);
-      nm.gamma[ch] = v.gamma[ch];
-      nm.scale[ch] = static_cast<float>(v.gamma[ch] * rstd[ch]);
-      nm.shift[ch] = static_cast<float>(v.beta[ch] - mean[ch] * v.gamma[ch] * rstd[ch]);
-    }
-    return nm;
-  };
-  const Norm ns = norm_from(s, st, rstd_s), nt = norm_from(t, st + 2 * c, rstd_t);
+  const Norm ns = norm_of(s, st, st + c, c, eps), nt = norm_of(t, st + 2 * c, st + 3 * c, c, eps);
 
   // da of both sides at edge (i, kk) into das / dat (C each); returns false for an invalid edge (da = 0)
   auto edge_grad = [&](int64_t i, int64_t kk, float* das, float* dat, float* yhs, float* yht) {
@@ -331,31 +312,23 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
     }
   };
 
-  at::Tensor d_rows_s, d_centre_s, d_rows_t, d_centre_t;
-  if (need_s) {
-    d_rows_s = at::zeros({m, c}, opts);
-    d_centre_s = at::zeros({q, c}, opts);
-    out[2] = at::empty({c}, opts);
-    out[3] = at::empty({c}, opts);
+  // out[base .. base + 3] = d rows, d centre, d gamma (sum da * yhat), d beta (sum da) of one side
+  auto alloc_side = [&](int64_t base, int64_t sums_offset) {
+    out[base] = at::zeros({m, c}, opts);
+    out[base + 1] = at::zeros({q, c}, opts);
+    out[base + 2] = at::empty({c}, opts);
+    out[base + 3] = at::empty({c}, opts);
     for (int64_t ch = 0; ch < c; ++ch) {
-      out[2].data_ptr<float>()[ch] = static_cast<float>(sums[c + ch]);
-      out[3].data_ptr<float>()[ch] = static_cast<float>(sums[ch]);
+      out[base + 2].data_ptr<float>()[ch] = static_cast<float>(sums[sums_offset + c + ch]);
+      out[base + 3].data_ptr<float>()[ch] = static_cast<float>(sums[sums_offset + ch]);
     }
-  }
-  if (need_t) {
-    d_rows_t = at::zeros({m, c}, opts);
-    d_centre_t = at::zeros({q, c}, opts);
-    out[6] = at::empty({c}, opts);
-    out[7] = at::empty({c}, opts);
-    for (int64_t ch = 0; ch < c; ++ch) {
-      out[6].data_ptr<float>()[ch] = static_cast<float>(sums[3 * c + ch]);
-      out[7].data_ptr<float>()[ch] = static_cast<float>(sums[2 * c + ch]);
-    }
-  }
-  float* dcs = need_s ? d_centre_s.data_ptr<float>() : nullptr;
-  float* dct = need_t ? d_centre_t.data_ptr<float>() : nullptr;
-  float* drs = need_s ? d_rows_s.data_ptr<float>() : nullptr;
-  float* drt = need_t ? d_rows_t.data_ptr<float>() : nullptr;
+  };
+  if (need_s) alloc_side(0, 0);
+  if (need_t) alloc_side(4, 2 * c);
+  float* drs = need_s ? out[0].data_ptr<float>() : nullptr;
+  float* dcs = need_s ? out[1].data_ptr<float>() : nullptr;
+  float* drt = need_t ? out[4].data_ptr<float>() : nullptr;
+  float* dct = need_t ? out[5].data_ptr<float>() : nullptr;
 
   // pass 2a: d centre[i] = sum_k dy(i, k), query-major
   at::parallel_for(0, q, kBlock, [&](int64_t i0, int64_t i1) {
@@ -391,10 +364,6 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
       }
     }
   });
-  out[0] = d_rows_s;
-  out[1] = d_centre_s;
-  out[4] = d_rows_t;
-  out[5] = d_centre_t;
   return out;
 }
 
