@@ -83,6 +83,62 @@ def test_compiled_equals_reference_with_duplicates():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def _check_both_screens(features, batch, k, query, tile):
+    """The compiled kernel with float32 and with bf16 screening returns exactly the float64 brute force."""
+    want_idx, want_valid = brute_force(features, batch, k, query)
+    for low_precision in (False, True):
+        idx, valid = knn_in_scans(features, batch, k, query, tile=tile, low_precision=low_precision)
+        assert torch.equal(valid, want_valid), low_precision
+        assert torch.equal(idx, want_idx), (low_precision, (idx != want_idx).any(1).nonzero().squeeze(1)[:5])
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_sampled_threshold_path_is_exact_on_large_scans():
+    # scans of ~450 rows with tile 16: the first 64 rows are the threshold sample, the rest is screened against it
+    torch.manual_seed(3)
+    features = torch.randn(900, 24) * torch.logspace(-1, 1, 24)   # channels of very different scales
+    batch = torch.randint(0, 2, (900,))
+    query = torch.randperm(900)[:150]
+    _check_both_screens(features, batch, 20, query, tile=16)
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_a_misleading_sample_falls_back_to_exact_ranking():
+    # the sample block (the scan's first rows) holds 40 copies of the query point: its estimated threshold admits
+    # only them, fewer than k, so the estimate is detected as too low and every row is ranked
+    torch.manual_seed(4)
+    far = torch.randn(500, 32) * 5 + 3
+    features = torch.cat([torch.ones(40, 32), far])
+    features[0] += 1e-3
+    batch = torch.zeros(540, dtype=torch.long)
+    query = torch.tensor([0, 1, 45, 300])
+    _check_both_screens(features, batch, 60, query, tile=16)
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_near_duplicate_cluster_within_the_bf16_margin_stays_exact():
+    # a cluster of 600 rows far from the scan mean (a second cluster of 100 rows sits opposite) whose spread is far
+    # below bf16 resolution at that distance, with 100 exact duplicates: the bf16 keys cannot separate them, so the
+    # error margin admits the whole cluster; the buffer overflows into the heap and then the exact regime
+    torch.manual_seed(5)
+    base = torch.randn(1, 48) * 10 + 50
+    features = torch.cat([base + 1e-3 * torch.randn(600, 48), -base + torch.randn(100, 48)])
+    features[500:600] = features[torch.randint(0, 500, (100,))]
+    features = features[torch.randperm(700)]
+    batch = torch.zeros(700, dtype=torch.long)
+    query = torch.randint(0, 700, (60,))
+    _check_both_screens(features, batch, 32, query, tile=64)
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_float64_and_tie_heavy_integer_features_with_sampling():
+    torch.manual_seed(6)
+    f64 = torch.randn(500, 20, dtype=torch.float64) * 1e3
+    _check_both_screens(f64, torch.zeros(500, dtype=torch.long), 25, torch.randperm(500)[:80], tile=16)
+    ints = integer_features(600, 16, low=-1, high=2)   # many exact ties at every distance
+    _check_both_screens(ints, torch.randint(0, 2, (600,)), 40, torch.randperm(600)[:100], tile=16)
+
+
 @pytest.mark.parametrize("use_reference", PATHS)
 def test_no_gradient_through_idx_and_empty_query(use_reference):
     features = torch.randn(20, 4, requires_grad=True)

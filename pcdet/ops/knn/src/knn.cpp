@@ -1,18 +1,30 @@
 // kNN within scans in feature space (CPU) and graph edge features.
 //
-// knn_in_scans works per (scan, tile of queries): distance blocks come from one GEMM per (query tile x row tile)
-// (|r|^2 - 2 q.r, the |q|^2 term does not change a query's ranking). Each query buffers the rows that beat its
-// admission threshold (the k-th best distance so far) and, when the buffer of 2k fills, keeps the k best by
-// partial selection (std::nth_element), which lowers the threshold; the k survivors are re-ranked by the exact
-// sum of squared differences, so duplicate rows are exact ties and the query itself is at distance 0. Peak extra
-// memory per thread: tile^2 distances + tile * 2k candidates.
+// knn_in_scans works per (scan, tile of queries). The rows of a scan are centred on their mean (distances do not
+// change) and the squared distances of a (query tile x row tile) block come from one GEMM, |a|^2 + |b|^2 - 2 a.b,
+// in the features' dtype or, on request (a CPU with native bf16), in bf16 with float32 accumulation. These are
+// screening keys only: each carries a rigorous error bound (rounding of the centring, of the bf16 copies, of the
+// GEMM accumulation and output, of the norms), and a row is dropped only when its lower bound exceeds an upper
+// bound of the query's k-th distance. The rows kept are ranked by the exact sum of squared differences of the
+// original features (duplicate rows are exact ties, ties go to the lower row index), so the result does not depend
+// on the screening precision.
+//
+// Thresholds: the first block is a sample of the scan; from it each query estimates a threshold that should admit
+// about 1.5 k rows of the whole scan, so the rest costs one vectorised comparison per row. The estimate is checked
+// at the end (at least k admitted rows must lie below it); a query whose estimate fails ranks all its scan's rows
+// exactly. Should the admitted rows overflow the buffer, the query tracks its k smallest keys in a heap, and if
+// many rows stay within the error margin (near-duplicate clusters) it switches to exact distances for every
+// admitted row, so memory stays bounded: per thread, 4 tile^2 keys + tile (4k + 128) candidates.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #ifdef WITH_CUDA
@@ -32,26 +44,8 @@ inline bool ranks_before(scalar_t da, int64_t ia, scalar_t db, int64_t ib) {
   return da < db || (da == db && ia < ib);
 }
 
-template <typename scalar_t>
-struct Candidate {
-  scalar_t dist;
-  int64_t row;
-};
-
-// Keeps the kk best of the n buffered candidates (partial selection, O(n)) and returns the new admission
-// threshold: the distance of the worst kept one once kk are kept, +inf before.
-template <typename scalar_t>
-scalar_t keep_best(Candidate<scalar_t>* cand, int64_t& n, int64_t kk) {
-  if (n < kk) return std::numeric_limits<scalar_t>::infinity();
-  auto before = [](const Candidate<scalar_t>& x, const Candidate<scalar_t>& y) {
-    return ranks_before(x.dist, x.row, y.dist, y.row);
-  };
-  std::nth_element(cand, cand + kk - 1, cand + n, before);
-  n = kk;
-  return cand[kk - 1].dist;
-}
-
 // Sum of squared differences with four partial sums: a fixed order, so identical rows give identical values.
+// This is the exact distance that ranks the kept rows.
 template <typename scalar_t>
 inline scalar_t squared_distance(const scalar_t* a, const scalar_t* b, int64_t c) {
   scalar_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -81,13 +75,267 @@ void group_by_key(const int64_t* key, int64_t n, int64_t num_keys, std::vector<i
   for (int64_t i = 0; i < n; ++i) order[fill[key[i]]++] = i;
 }
 
+// ---------------------------------------------------------------- screening of one block row (hot loop)
+// low[j] = nb[j] + a - 2 s[j] - uo2 |s[j]|: a lower bound (before the margins folded into the threshold) of the
+// distance of row j. Cloned for AVX-512 / AVX2 with run-time dispatch: the extension is built without -march.
+#define PCDET_KNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if !defined(__x86_64__) || !defined(__GNUC__) || defined(__clang__) || defined(__CUDACC__)
+#undef PCDET_KNN_CLONES
+#define PCDET_KNN_CLONES
+#endif
+
+PCDET_KNN_CLONES
+void screen_keys_bf16(const uint16_t* s, const float* nb, float a, float uo2, int64_t n, float* low, float* key) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t bits = static_cast<uint32_t>(s[j]) << 16;
+    float sj;
+    std::memcpy(&sj, &bits, sizeof(float));
+    const float kj = (nb[j] + a) - 2.0f * sj;
+    key[j] = kj;
+    low[j] = kj - uo2 * std::fabs(sj);
+  }
+}
+
+PCDET_KNN_CLONES
+void screen_keys_f32(const float* s, const float* nb, float a, float uo2, int64_t n, float* low, float* key) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float sj = s[j];
+    const float kj = (nb[j] + a) - 2.0f * sj;
+    key[j] = kj;
+    low[j] = kj - uo2 * std::fabs(sj);
+  }
+}
+
+void screen_keys_f64(const double* s, const double* nb, double a, double uo2, int64_t n, double* low, double* key) {
+  for (int64_t j = 0; j < n; ++j) {
+    const double kj = (nb[j] + a) - 2.0 * s[j];
+    key[j] = kj;
+    low[j] = kj - uo2 * std::fabs(s[j]);
+  }
+}
+
+// Number of x[j] <= t (an integer reduction, which vectorises where a float min would need -ffast-math).
+PCDET_KNN_CLONES
+int64_t count_at_most_f32(const float* x, int64_t n, float t) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < n; ++j) count += x[j] <= t;
+  return count;
+}
+
+int64_t count_at_most_f64(const double* x, int64_t n, double t) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < n; ++j) count += x[j] <= t;
+  return count;
+}
+
+inline int64_t count_at_most(const float* x, int64_t n, float t) { return count_at_most_f32(x, n, t); }
+inline int64_t count_at_most(const double* x, int64_t n, double t) { return count_at_most_f64(x, n, t); }
+
+// ---------------------------------------------------------------- error bounds
+// Notation: a, b the centred query / row (exact), a', b' their rounded (centred, then low-precision) copies,
+// d = |a - b|^2 the true distance, d' = |a' - b'|^2, s~ the GEMM's a'.b'.
+//   |a' - a| <= u' |a| per element, so |(a'-b') - (a-b)| <= w = u' (|a| + |b|): sqrt(d') is within w of sqrt(d);
+//   key = fl(|b'|^2~ + |a'|^2~ - 2 s~) is within e0 + uo2 |s~| of d', with e0 = 2 (gamma_2C + 2 u) (|a'| + |b'|)^2
+//   (norms, GEMM accumulation and the key's two additions; factor 2 as a safety margin) and uo2 |s~| the rounding
+//   of the GEMM output (|s~| <= s_max = |a'| |b'| (1 + uo2)).
+// The exact distance delta (squared_distance, in the features' dtype) is within rho d of d.
+template <typename st>
+struct Bounds {
+  st u, w, e0, uo2, s_max, rho;
+};
+
+template <typename st>
+inline st inflate(st x, st u) {  // x (1 + 16 u) + tiny: covers the rounding of the bound arithmetic itself
+  return x + x * (16 * u) + std::numeric_limits<st>::min();
+}
+
+// Upper bound on d of a row with this key (|s~| at most s_max).
+template <typename st>
+inline st upper_of(st key, const Bounds<st>& b) {
+  const st dp = std::max<st>(key + b.uo2 * b.s_max + b.e0, st(0));
+  const st r = std::sqrt(dp) + b.w;
+  return inflate(r * r, b.u);
+}
+
+// Admission threshold on the lower keys given an upper bound t_up of the k-th best true distance: a row that can
+// reach the final k has d <= t_up (1 + rho) / (1 - rho), hence low = key - uo2 |s~| <= (sqrt(that) + w)^2 + e0.
+template <typename st>
+inline st threshold_of(st t_up, const Bounds<st>& b) {
+  const st dmax = t_up * (1 + 3 * b.rho);
+  const st r = std::sqrt(std::max<st>(dmax, st(0))) + b.w;
+  return inflate(r * r + b.e0, b.u);
+}
+
+template <typename st>
+struct Candidate {
+  st low, key;    // lower key of the row (see threshold_of) and its screening key
+  double exact;   // exact distance once computed, NaN before
+  int64_t row;
+};
+
+template <typename st>
+inline bool exact_before(const Candidate<st>& x, const Candidate<st>& y) {
+  return ranks_before(x.exact, x.row, y.exact, y.row);
+}
+
+// One query's search state: the admitted rows, and a max-heap of the k smallest keys admitted, whose top gives
+// the admission threshold. Exact regime (after a compaction that freed too little): the threshold comes from the
+// k-th exact distance of the rows kept, and every compaction keeps exactly the k best.
+template <typename scalar_t, typename st>
+struct QuerySearch {
+  Candidate<st>* cand;
+  st* heap;
+  int64_t n = 0, heap_n = 0, kk = 0, cap = 0;
+  st thr = std::numeric_limits<st>::infinity();
+  bool exact_mode = false, heap_dirty = false;
+  bool fixed = false;   // threshold estimated from a sample of rows, checked in finish()
+  st tau = std::numeric_limits<st>::infinity();
+  Bounds<st> b;
+  const scalar_t* fq;  // the query's features (exact distances)
+
+  void compute_exact(const scalar_t* feats, int64_t c) {
+    constexpr int64_t kAhead = 8;  // rows are scattered: prefetch a few ahead so their loads overlap
+    for (int64_t t = 0; t < std::min(n, kAhead); ++t) __builtin_prefetch(feats + cand[t].row * c);
+    for (int64_t t = 0; t < n; ++t) {
+      if (t + kAhead < n) {
+        const scalar_t* p = feats + cand[t + kAhead].row * c;
+        for (int64_t off = 0; off < c; off += 64 / int64_t(sizeof(scalar_t))) __builtin_prefetch(p + off);
+      }
+      if (std::isnan(cand[t].exact)) cand[t].exact = double(squared_distance(fq, feats + cand[t].row * c, c));
+    }
+  }
+
+  // Restores the max-heap after heap[0] was replaced. Branch-free child choice (heap[heap_n] holds -inf, so the
+  // right child of the last parent is never chosen); the only unpredictable branch is the exit.
+  void sift_down_top() {
+    int64_t i = 0;
+    const st v = heap[0];
+    for (int64_t child = 1; child < heap_n; child = 2 * i + 1) {
+      child += heap[child + 1] > heap[child];
+      if (!(heap[child] > v)) break;
+      heap[i] = heap[child];
+      i = child;
+    }
+    heap[i] = v;
+  }
+
+  // The threshold after heap[0] changed (deferred to the end of a chunk: a stale threshold is only looser).
+  void refresh_threshold() {
+    if (heap_dirty) thr = std::min(thr, threshold_of(upper_of(heap[0], b), b));
+    heap_dirty = false;
+  }
+
+  // Keep the kk best by exact distance; the threshold follows the k-th of them (a row that can still enter has an
+  // exact distance at most that, hence d <= kth / (1 - rho)).
+  void keep_exact_best(const scalar_t* feats, int64_t c) {
+    compute_exact(feats, c);
+    if (n > kk) std::nth_element(cand, cand + kk - 1, cand + n, exact_before<st>);
+    n = std::min(n, kk);
+    double kth = cand[0].exact;
+    for (int64_t t = 1; t < n; ++t) kth = std::max(kth, cand[t].exact);
+    if (n == kk) thr = std::min(thr, threshold_of(st(kth * (1 + 2 * double(b.rho))), b));
+  }
+
+  void drop_excluded() {
+    int64_t m = 0;
+    for (int64_t t = 0; t < n; ++t)
+      if (cand[t].low <= thr) cand[m++] = cand[t];
+    n = m;
+  }
+
+  void push_key(st key) {
+    if (heap_n < kk) {
+      heap[heap_n++] = key;
+      std::push_heap(heap, heap + heap_n);
+      heap[heap_n] = -std::numeric_limits<st>::infinity();
+      heap_dirty = heap_n == kk;
+    } else if (key < heap[0]) {
+      heap[0] = key;
+      sift_down_top();
+      heap_dirty = true;
+    }
+  }
+
+  void admit(st low, st key, int64_t row, const scalar_t* feats, int64_t c) {
+    cand[n++] = {low, key, std::numeric_limits<double>::quiet_NaN(), row};
+    if (!exact_mode && !fixed) {
+      if (heap_n < kk) {
+        heap[heap_n++] = key;
+        std::push_heap(heap, heap + heap_n);
+        heap[heap_n] = -std::numeric_limits<st>::infinity();
+        heap_dirty = heap_n == kk;
+      } else if (key < heap[0]) {
+        heap[0] = key;
+        sift_down_top();
+        heap_dirty = true;
+      }
+    }
+    if (n < cap) return;
+    if (fixed) {  // the estimate admits too many rows: track the k smallest keys from here on
+      fixed = false;
+      for (int64_t t = 0; t < n; ++t) push_key(cand[t].key);
+    }
+    if (!exact_mode) {
+      refresh_threshold();
+      drop_excluded();
+      if (n <= cap - (cap - kk) / 4) return;
+      exact_mode = true;  // too many rows within the error margin: rank them exactly from now on
+    }
+    keep_exact_best(feats, c);
+  }
+
+  // The kk nearest rows, ascending (exact distance, row), in cand[0 .. kk); false when the estimated threshold
+  // turns out to have been too low (fewer than kk rows below it: then the caller ranks every row).
+  bool finish(const scalar_t* feats, int64_t c, std::vector<st>& tmp) {
+    if (fixed) {
+      if (n < kk) return false;
+      tmp.resize(n);
+      for (int64_t t = 0; t < n; ++t) tmp[t] = cand[t].key;
+      std::nth_element(tmp.begin(), tmp.begin() + kk - 1, tmp.end());
+      // every row that can reach the final k has low <= threshold_of(upper_of(k-th key)): all of them were admitted
+      // if that is within the threshold that admitted them
+      const st need = threshold_of(upper_of(tmp[kk - 1], b), b);
+      if (need > tau) return false;
+      thr = need;
+      drop_excluded();
+    } else if (!exact_mode) {
+      refresh_threshold();
+      drop_excluded();
+    }
+    compute_exact(feats, c);
+    if (n > kk) std::nth_element(cand, cand + kk - 1, cand + n, exact_before<st>);
+    std::sort(cand, cand + std::min(n, kk), exact_before<st>);
+    return true;
+  }
+};
+
+// The rank-th smallest of x[0 .. n) (rank <= n), through a max-heap of the rank smallest so far: most values cost
+// one comparison with the top.
+template <typename st>
+st kth_smallest(const st* x, int64_t n, int64_t rank, std::vector<st>& heap) {
+  heap.assign(x, x + rank);
+  std::make_heap(heap.begin(), heap.end());
+  for (int64_t j = rank; j < n; ++j) {
+    if (!(x[j] < heap.front())) continue;
+    std::pop_heap(heap.begin(), heap.end());
+    heap.back() = x[j];
+    std::push_heap(heap.begin(), heap.end());
+  }
+  return heap.front();
+}
+
+constexpr int64_t kSampleTiles = 4;  // the threshold-estimating first block has this many tiles of rows
+
 template <typename scalar_t>
 void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const at::Tensor& query_index, int64_t k,
-                  int64_t tile, at::Tensor& out_idx, at::Tensor& out_valid) {
+                  int64_t tile, bool low_precision, at::Tensor& out_idx, at::Tensor& out_valid) {
+  // screening type: float for float32 / bf16 keys, double for float64 features
+  using st = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
   const int64_t m = features.size(0), c = features.size(1), q = query_index.size(0);
   const int64_t* bidx = batch_idx.data_ptr<int64_t>();
   const int64_t* qidx = query_index.data_ptr<int64_t>();
   const int64_t num_scans = m ? *std::max_element(bidx, bidx + m) + 1 : 0;
+  const bool bf16 = low_precision && std::is_same<scalar_t, float>::value;
 
   std::vector<int64_t> row_start, rows;
   group_by_key(bidx, m, num_scans, row_start, rows);
@@ -100,17 +348,22 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
   const bool sorted = std::is_sorted(bidx, bidx + m);
   at::Tensor rows_t = at::from_blob(rows.data(), {m}, at::TensorOptions().dtype(at::kLong)).clone();
   at::Tensor scan_feats = sorted ? features : features.index_select(0, rows_t);
-  const scalar_t* sf = scan_feats.data_ptr<scalar_t>();
   const scalar_t* feats = features.data_ptr<scalar_t>();
-  std::vector<scalar_t> row_norm(m);
-  at::parallel_for(0, m, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const scalar_t* f = sf + i * c;
-      scalar_t s = 0;
-      for (int64_t j = 0; j < c; ++j) s += f[j] * f[j];
-      row_norm[i] = s;
-    }
-  });
+
+  // Per scan: the centred rows in the screening precision, their squared norms and the largest norm.
+  const auto low_dtype = bf16 ? at::kBFloat16 : features.scalar_type();
+  const auto st_dtype = std::is_same<st, double>::value ? at::kDouble : at::kFloat;
+  std::vector<at::Tensor> scan_mean(num_scans), scan_low(num_scans), scan_norm(num_scans);
+  std::vector<double> scan_bmax(num_scans, 0.0);
+  for (int64_t s = 0; s < num_scans; ++s) {
+    const int64_t r0 = row_start[s], r1 = row_start[s + 1];
+    if (r0 == r1) continue;
+    at::Tensor block = scan_feats.narrow(0, r0, r1 - r0);
+    scan_mean[s] = block.to(at::kDouble).mean(0).to(features.scalar_type());
+    scan_low[s] = (block - scan_mean[s]).to(low_dtype).contiguous();
+    scan_norm[s] = scan_low[s].to(st_dtype).pow(2).sum(1).contiguous();
+    scan_bmax[s] = std::sqrt(scan_norm[s].max().template item<double>());
+  }
 
   at::Tensor qrows_t = at::empty({q}, at::TensorOptions().dtype(at::kLong));
   int64_t* qrows = qrows_t.data_ptr<int64_t>();
@@ -124,62 +377,124 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
     for (int64_t q0 = query_start[s]; q0 < query_start[s + 1]; q0 += tile)
       work.push_back({s, q0, std::min(q0 + tile, query_start[s + 1])});
 
+  // unit roundoffs: u of the screening type (also the accumulation of norms and GEMM), the low-precision copy,
+  // the GEMM output; rho of the exact distance
+  const double u = std::is_same<st, double>::value ? std::ldexp(1.0, -53) : std::ldexp(1.0, -24);
+  const double u_low = bf16 ? std::ldexp(1.0, -8) : 0.0;
+  const double u_prime = u + u_low + u * u_low;
+  const double u_out = bf16 ? std::ldexp(1.0, -8) : u;
+  auto gamma = [&](double n) { return n * u / (1.0 - n * u); };
+  const double norm_up = 1.0 + gamma(double(c) + 2.0);   // sqrt of a computed squared norm -> bound of the norm
+  const double rho = 2.0 * (3.0 * u + gamma(double(c) / 4.0 + 2.0));
+  const double uo2 = 2.0 * u_out / (1.0 - u_out) * 1.01;
+
   int64_t* oidx = out_idx.data_ptr<int64_t>();
   bool* ovalid = out_valid.data_ptr<bool>();
   at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t wb, int64_t we) {
-    std::vector<Candidate<scalar_t>> buf;
-    std::vector<int64_t> buf_n;
-    std::vector<scalar_t> thr;
-    std::vector<std::pair<scalar_t, int64_t>> ranked;
+    std::vector<Candidate<st>> cand_buf;
+    std::vector<st> heap_buf, low(kSampleTiles * tile), key(kSampleTiles * tile), tmp;
+    std::vector<Candidate<st>> ranked;
+    std::vector<QuerySearch<scalar_t, st>> search;
     for (int64_t w = wb; w < we; ++w) {
       const Work& job = work[w];
       const int64_t tq = job.q1 - job.q0;
       const int64_t r_begin = row_start[job.scan], r_end = row_start[job.scan + 1];
       const int64_t kk = std::min(k, r_end - r_begin);
-      const int64_t cap = std::max<int64_t>(2 * kk, kk + 32);
-      buf.resize(tq * cap);
-      buf_n.assign(tq, 0);
-      thr.assign(tq, std::numeric_limits<scalar_t>::infinity());
-      at::Tensor qf = features.index_select(0, qrows_t.narrow(0, job.q0, tq));
-      for (int64_t r0 = r_begin; r0 < r_end; r0 += tile) {
-        const int64_t tr = std::min(tile, r_end - r0);
-        at::Tensor dots = at::mm(qf, scan_feats.narrow(0, r0, tr).t()).contiguous();
-        const scalar_t* dp = dots.data_ptr<scalar_t>();
+      const int64_t cap = 4 * kk + 128;
+      cand_buf.resize(tq * cap);
+      heap_buf.resize(tq * (kk + 1));
+      search.assign(tq, QuerySearch<scalar_t, st>());
+      at::Tensor qsel = qrows_t.narrow(0, job.q0, tq);
+      at::Tensor qlow = (features.index_select(0, qsel) - scan_mean[job.scan]).to(low_dtype).contiguous();
+      at::Tensor qnorm = qlow.to(st_dtype).pow(2).sum(1).contiguous();
+      const st* qn = qnorm.template data_ptr<st>();
+      const st* nb_all = scan_norm[job.scan].template data_ptr<st>();
+      const double bp = scan_bmax[job.scan] * norm_up;         // >= |b'| of every row of the scan
+      for (int64_t a = 0; a < tq; ++a) {
+        QuerySearch<scalar_t, st>& qs = search[a];
+        qs.cand = cand_buf.data() + a * cap;
+        qs.heap = heap_buf.data() + a * (kk + 1);
+        qs.kk = kk;
+        qs.cap = cap;
+        qs.fq = feats + qrows[job.q0 + a] * c;
+        const double ap = std::sqrt(double(qn[a])) * norm_up;  // >= |a'|
+        qs.b.u = st(u);
+        qs.b.w = st(u_prime * (ap + bp) / (1.0 - u_prime) * (1.0 + 4.0 * u));  // |a| <= |a'| / (1 - u')
+        qs.b.e0 = st(2.0 * (gamma(2.0 * double(c)) + 2.0 * u) * (ap + bp) * (ap + bp));
+        qs.b.uo2 = st(uo2);
+        qs.b.s_max = st(ap * bp * (1.0 + uo2));
+        qs.b.rho = st(rho);
+      }
+      // The first block is a sample of `sample` rows: each query estimates from it a threshold that should admit
+      // about 1.5 k rows of the whole scan (with three standard deviations to spare), so the rest of the scan
+      // costs one comparison per row and no heap work; finish() checks the estimate, and a query whose estimate
+      // was too low ranks every row exactly. Scans no larger than the sample use the running heap.
+      const int64_t scan_rows = r_end - r_begin;
+      const int64_t sample = std::min(scan_rows, kSampleTiles * tile);
+      const double expect = 1.5 * double(kk) * double(sample) / double(scan_rows);
+      const int64_t rank = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect))) + 1;
+      const bool estimate = sample < scan_rows && rank < sample;
+      for (int64_t r0 = r_begin; r0 < r_end;) {
+        const int64_t tr = std::min(r0 == r_begin ? sample : tile, r_end - r0);
+        at::Tensor dots = at::mm(qlow, scan_low[job.scan].narrow(0, r0 - r_begin, tr).t()).contiguous();
+        const st* nb = nb_all + (r0 - r_begin);
         for (int64_t a = 0; a < tq; ++a) {
-          Candidate<scalar_t>* cand = buf.data() + a * cap;
-          int64_t n = buf_n[a];
-          scalar_t t = thr[a];
-          const scalar_t* drow = dp + a * tr;
-          for (int64_t j = 0; j < tr; ++j) {
-            const scalar_t d = row_norm[r0 + j] - 2 * drow[j];
-            // Rows arrive in ascending index order, so an equal distance never beats a kept row: strict < is the
-            // contract's tie rule.
-            if (d < t) {
-              cand[n++] = {d, rows[r0 + j]};
-              if (n == cap) t = keep_best(cand, n, kk);
-            }
+          QuerySearch<scalar_t, st>& qs = search[a];
+          if constexpr (std::is_same<st, double>::value) {
+            screen_keys_f64(dots.data_ptr<double>() + a * tr, nb, qn[a], qs.b.uo2, tr, low.data(), key.data());
+          } else if (bf16) {
+            screen_keys_bf16(reinterpret_cast<const uint16_t*>(dots.data_ptr<at::BFloat16>()) + a * tr, nb, qn[a],
+                             qs.b.uo2, tr, low.data(), key.data());
+          } else {
+            screen_keys_f32(dots.data_ptr<float>() + a * tr, nb, qn[a], qs.b.uo2, tr, low.data(), key.data());
           }
-          buf_n[a] = n;
-          thr[a] = t;
+          if (r0 == r_begin && estimate) {
+            qs.tau = qs.thr = threshold_of(upper_of(kth_smallest(key.data(), tr, rank, tmp), qs.b), qs.b);
+            qs.fixed = true;
+          }
+          // admission is inclusive (<=), so ties stay
+          constexpr int64_t kChunk = 16;
+          for (int64_t j0 = 0; j0 < tr; j0 += kChunk) {
+            const int64_t j1 = std::min(j0 + kChunk, tr);
+            if (count_at_most(low.data() + j0, j1 - j0, qs.thr) == 0) continue;
+            // branch-free gather of the hits (they are rare and scattered: a branch per row mispredicts)
+            int32_t hit[kChunk];
+            int64_t nh = 0;
+            const st t0 = qs.thr;
+            for (int64_t j = j0; j < j1; ++j) {
+              hit[nh] = static_cast<int32_t>(j);
+              nh += low[j] <= t0;
+            }
+            for (int64_t h = 0; h < nh; ++h) {
+              const int64_t j = hit[h];
+              if (low[j] <= qs.thr) qs.admit(low[j], key[j], rows[r0 + j], feats, c);
+            }
+            qs.refresh_threshold();
+          }
         }
+        r0 += tr;
       }
       for (int64_t a = 0; a < tq; ++a) {
-        Candidate<scalar_t>* cand = buf.data() + a * cap;
-        int64_t n = buf_n[a];
-        keep_best(cand, n, kk);
+        QuerySearch<scalar_t, st>& qs = search[a];
         const int64_t pos = query_pos[job.q0 + a];
         const int64_t self = qidx[pos];
-        const scalar_t* fq = feats + self * c;
-        ranked.clear();
-        for (int64_t t = 0; t < kk; ++t) {
-          const int64_t j = cand[t].row;
-          ranked.emplace_back(squared_distance(fq, feats + j * c, c), j);
+        if (qs.finish(feats, c, tmp)) {
+          for (int64_t t = 0; t < k; ++t) {
+            oidx[pos * k + t] = t < kk ? qs.cand[t].row : self;
+            ovalid[pos * k + t] = t < kk;
+          }
+          continue;
         }
-        std::sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) {
-          return ranks_before(x.first, x.second, y.first, y.second);
-        });
+        // the estimated threshold was too low: rank every row of the scan exactly
+        ranked.resize(scan_rows);
+        for (int64_t j = 0; j < scan_rows; ++j) {
+          const int64_t row = rows[r_begin + j];
+          ranked[j] = {st(0), st(0), double(squared_distance(qs.fq, feats + row * c, c)), row};
+        }
+        std::nth_element(ranked.begin(), ranked.begin() + kk - 1, ranked.end(), exact_before<st>);
+        std::sort(ranked.begin(), ranked.begin() + kk, exact_before<st>);
         for (int64_t t = 0; t < k; ++t) {
-          oidx[pos * k + t] = t < kk ? ranked[t].second : self;
+          oidx[pos * k + t] = t < kk ? ranked[t].row : self;
           ovalid[pos * k + t] = t < kk;
         }
       }
@@ -203,7 +518,7 @@ void check_knn_inputs(const at::Tensor& features, const at::Tensor& batch_idx, c
 }
 
 std::vector<at::Tensor> knn_in_scans(const at::Tensor& features, const at::Tensor& batch_idx,
-                                     const at::Tensor& query_index, int64_t k, int64_t tile) {
+                                     const at::Tensor& query_index, int64_t k, int64_t tile, bool low_precision) {
   check_knn_inputs(features, batch_idx, query_index, k);
   TORCH_CHECK(tile >= 1, "knn_in_scans: tile must be >= 1, got ", tile);
   if (features.is_cuda()) {
@@ -216,7 +531,7 @@ std::vector<at::Tensor> knn_in_scans(const at::Tensor& features, const at::Tenso
   auto out_idx = at::empty({query_index.size(0), k}, query_index.options());
   auto out_valid = at::empty({query_index.size(0), k}, query_index.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "knn_in_scans_cpu", [&] {
-    knn_cpu_impl<scalar_t>(features, batch_idx, query_index, k, tile, out_idx, out_valid);
+    knn_cpu_impl<scalar_t>(features, batch_idx, query_index, k, tile, low_precision, out_idx, out_valid);
   });
   return {out_idx, out_valid};
 }
@@ -320,7 +635,8 @@ bool with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("knn_in_scans", &knn_in_scans, "(idx (Q, k), valid (Q, k)) of the k nearest rows in the same scan",
-        py::arg("features"), py::arg("batch_idx"), py::arg("query_index"), py::arg("k"), py::arg("tile"));
+        py::arg("features"), py::arg("batch_idx"), py::arg("query_index"), py::arg("k"), py::arg("tile"),
+        py::arg("low_precision"));
   m.def("edge_features_forward", &edge_features_forward, "(Q, k, 2C) edge features", py::arg("features"),
         py::arg("query_index"), py::arg("idx"), py::arg("diff"));
   m.def("edge_features_backward", &edge_features_backward, "(M, C) gradient of edge features", py::arg("grad"),
