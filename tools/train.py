@@ -51,6 +51,9 @@ def parse_config(argv=None):
                         help="after training evaluate the checkpoints of the last N epochs besides the final one")
     parser.add_argument("--skip_eval", action="store_true", default=False, help="do not evaluate after training")
     parser.add_argument("--teacher_ckpt", type=str, default=None, help="teacher weights (overrides KD.TEACHER.CKPT)")
+    parser.add_argument("--init_from_teacher", action="store_true", default=False,
+                        help="start the student from the teacher's weights, narrowed channel by channel by filter "
+                             "L1 norm (sets KD.INIT_FROM_TEACHER)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--output_root", type=str, default=str(REPO_ROOT / "output"),
                         help="root of the output tree (default <repo>/output)")
@@ -82,6 +85,13 @@ def build_training_model(cfg, args, train_set, device, logger):
     if args.pretrained_model is not None:
         model.load_params_from_file(filename=args.pretrained_model, logger=logger, to_cpu=True)
         model.global_step.zero_()  # a new run from pretrained weights: KD.WARMUP and diagnostics count from 0
+    if args.init_from_teacher:
+        if "KD" not in cfg:
+            raise ValueError(f"--init_from_teacher needs a KD config with a teacher; {args.cfg_file} has no KD block")
+        if args.pretrained_model is not None:
+            raise ValueError("--init_from_teacher and --pretrained_model both set the student's initial weights; "
+                             "choose one")
+        cfg.KD.INIT_FROM_TEACHER = True
     if "KD" in cfg:
         from pcdet.kd import build_distiller
 

@@ -61,6 +61,10 @@ def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, examp
     teacher = build_teacher(teacher_cfg, teacher_cfg_path, ckpt, teacher_view, logger,
                             precision=cfg.KD.TEACHER.get("PRECISION"),
                             channels_last=bool(cfg.KD.TEACHER.get("CHANNELS_LAST", False)))
+    if cfg.KD.get("INIT_FROM_TEACHER", False):
+        # SparseKD's teacher-guided initialisation: the student starts from the teacher's strongest channels
+        from .inherit import inherit_from_teacher
+        inherit_from_teacher(student, teacher.model, logger)
     device = _model_device(student)
     teacher.to(device)
     if example_batch is None:

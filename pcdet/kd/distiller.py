@@ -55,7 +55,7 @@ class Distiller(nn.Module):
     CONFIG_SCHEMA = {
         "TEACHER": opt(dict, keys={"CFG_FILE": req(str), "CKPT": opt(str), "PRECISION": opt(str),
                                    "CHANNELS_LAST": opt(bool)}),
-        "DET_LOSS_WEIGHT": opt(float), "WARMUP": opt(float), "HEADS": req(list, items=by_registry(KD_HEADS, "KD head")),
+        "DET_LOSS_WEIGHT": opt(float), "WARMUP": opt(float), "INIT_FROM_TEACHER": opt(bool), "HEADS": req(list, items=by_registry(KD_HEADS, "KD head")),
         "DIAGNOSTICS": opt(dict, keys={"GRAD_INTERVAL": opt(int), "SCORE_STATS": opt(bool)}),
     }
 
