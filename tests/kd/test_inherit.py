@@ -80,15 +80,20 @@ def test_narrowed_centerpoint_student_computes_the_teachers_outputs(tmp_path):
     assert report["narrowed"]["dense_head.shared_conv.0.weight"] == ((16, 32, 3, 3), (8, 16, 3, 3))
     teacher.eval(), student.eval()
     batch = T.make_batch(dataset, 2)
+    _assert_same_head_outputs(teacher, student, batch)
+
+
+def _assert_same_head_outputs(teacher, student, batch):
     outs = {}
     for who, model in (("t", teacher), ("s", student)):
-        hm = []
-        handles = [h.register_forward_hook(lambda mod, i, o: hm.append(o)) for h in model.dense_head.heads_list]
+        got = []
+        handles = [h.register_forward_hook(lambda mod, i, o: got.append(o)) for h in model.dense_head.heads_list]
         with torch.no_grad():
             model(copy.deepcopy(batch))
         for h in handles:
             h.remove()
-        outs[who] = hm
+        outs[who] = got
+    assert len(outs["t"]) == len(outs["s"]) > 0
     for dt, ds in zip(outs["t"], outs["s"]):
         for key in dt:
             torch.testing.assert_close(ds[key], dt[key], rtol=1e-4, atol=1e-5)
@@ -173,6 +178,10 @@ def test_sparse_backbone_and_height_compression_are_cut_consistently(tmp_path):
         torch.manual_seed(0)
         models.append(build_network(cfg.MODEL, 3, dataset))
     teacher, student = models
+    with torch.no_grad():   # BatchNorm statistics that keep the activations far from zero through 20 layers
+        for m in teacher.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_var.uniform_(0.02, 0.05), m.bias.uniform_(0.05, 0.1)
     _kill_unkept_channels(teacher, student)
     with torch.no_grad():   # the sparse convs and their BatchNorm1d
         for name, m in teacher.backbone_3d.named_modules():
@@ -194,4 +203,6 @@ def test_sparse_backbone_and_height_compression_are_cut_consistently(tmp_path):
                 d = stage(d)
         feats[who] = d["spatial_features"]
     kept = torch.arange(128).view(64, 2)[: 64].reshape(-1)   # channels c*2, c*2+1 of the first 64 kept spaces
+    assert feats["t"][:, 1::2].abs().mean() > 1e-2 and feats["t"][:, 0::2].abs().mean() > 1e-2
     torch.testing.assert_close(feats["s"], feats["t"][:, kept], rtol=1e-4, atol=1e-5)
+    _assert_same_head_outputs(teacher, student, batch)      # through the flattening, the 2D backbone and the head
