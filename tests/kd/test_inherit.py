@@ -94,9 +94,13 @@ def _assert_same_head_outputs(teacher, student, batch):
             h.remove()
         outs[who] = got
     assert len(outs["t"]) == len(outs["s"]) > 0
+    # Float32 through ~20 layers: the narrower GEMMs sum the same products in another order, so single elements
+    # drift by ~1e-4 of the output's scale (seen on an AMD EPYC); a wrong channel or slot moves them by O(scale).
     for dt, ds in zip(outs["t"], outs["s"]):
         for key in dt:
-            torch.testing.assert_close(ds[key], dt[key], rtol=1e-4, atol=1e-5)
+            scale = float(dt[key].abs().max())
+            torch.testing.assert_close(ds[key], dt[key], rtol=0, atol=1e-3 * max(scale, 1e-3),
+                                       msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_same_width_student_inherits_the_teacher_exactly(tmp_path):
