@@ -36,6 +36,9 @@ BATCH_CLS_PREDS = "batch_cls_preds"    # (B, A, num_class) anchor head, inferenc
 BATCH_BOX_PREDS = "batch_box_preds"    # (B, A, 7 + C) anchor head, inference
 CLS_PREDS_NORMALIZED = "cls_preds_normalized"  # bool
 FINAL_BOX_DICTS = "final_box_dicts"    # list of B dicts (pred_boxes, pred_scores, pred_labels), center head inference
+# KD, in the teacher's batch only, when a KD head needs the teacher's detections (LabelKD): list of B dicts
+# pred_boxes (K, 7+), pred_scores (K,), pred_labels (K,) 1-based in the teacher's CLASS_NAMES, after its NMS
+KD_TEACHER_PRED_DICTS = "kd_teacher_pred_dicts"
 
 DATASET_KEYS = (FRAME_ID, BATCH_SIZE, POINTS, GT_BOXES, VOXELS, VOXEL_COORDS, VOXEL_NUM_POINTS,
                 VOXEL_NUM_POINTS_RAW, USE_LEAD_XYZ, CALIB, IMAGE_SHAPE)

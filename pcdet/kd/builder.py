@@ -50,7 +50,8 @@ def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, examp
         example_batch: a collated batch for the dry forward; default ``collate_batch([dataset[0]])``.
         cfg_file: path of the KD config (to resolve KD.TEACHER.CFG_FILE); default cfg.CFG_FILE if set.
     Returns:
-        Distiller on the student's device.
+        Distiller on the student's device; with ``KD.HEADS: []`` and ``KD.INIT_FROM_TEACHER: True`` (teacher-guided
+        initialisation alone) the student itself, initialised from the teacher, which is then released.
     """
     if "KD" not in cfg:
         raise KeyError("build_distiller: the config has no KD block")
@@ -65,6 +66,12 @@ def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, examp
         # SparseKD's teacher-guided initialisation: the student starts from the teacher's strongest channels
         from .inherit import inherit_from_teacher
         inherit_from_teacher(student, teacher.model, logger)
+        if not cfg.KD.HEADS:
+            from .kd_dataset import KD_TEACHER_INPUTS
+            getattr(dataset, "side_processors", {}).pop(KD_TEACHER_INPUTS, None)   # no teacher inputs from now on
+            if logger is not None:
+                logger.info("KD.HEADS is empty: teacher-guided initialisation only; the student trains alone from here")
+            return student
     device = _model_device(student)
     teacher.to(device)
     if example_batch is None:

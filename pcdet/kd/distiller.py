@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..batch_keys import KD_TEACHER_INPUTS
+from ..batch_keys import KD_TEACHER_INPUTS, KD_TEACHER_PRED_DICTS
 from ..config_schema import by_registry, check, opt, req
 from ..models.model_utils.model_summary import format_param_table, module_param_counts
 from ..utils.common_utils import autocast_off, to_float32
@@ -75,7 +75,8 @@ class Distiller(nn.Module):
         self._diag_batch = None
         heads_cfg = kd_cfg.get("HEADS", [])
         if not heads_cfg:
-            raise ValueError("KD.HEADS is empty: a KD config needs at least one distillation head")
+            raise ValueError("KD.HEADS is empty: a KD config needs at least one distillation head, or "
+                             "KD.INIT_FROM_TEACHER: True for teacher-guided initialisation alone")
         self.head_taps = {}
         plans = []
         for i, hcfg in enumerate(heads_cfg):
@@ -105,6 +106,11 @@ class Distiller(nn.Module):
             shapes = {role: ([t_shapes[t] for t in tl], [s_shapes[s] for s in sl]) for role, (tl, sl) in taps.items()}
             ctx = KDContext(taps=taps, shapes=shapes, teacher=teacher_grid, student=student_grid, logger=logger)
             self.kd_heads[name] = cls(hcfg, ctx)
+            if hasattr(self.kd_heads[name], "bind_student"):   # heads that reuse the student's own head (LabelKD)
+                self.kd_heads[name].bind_student(student)
+        # heads that read the teacher's detections make its forward run through post-processing
+        self.needs_teacher_predictions = any(getattr(h, "NEEDS_TEACHER_PREDICTIONS", False)
+                                             for h in self.kd_heads.values())
         self.param_counts = {"teacher": module_param_counts(teacher.model), "student": module_param_counts(student)}
         self._log("KD: parameters per module\n" + format_param_table(self.param_counts))
         self._log(f"KD: DET_LOSS_WEIGHT {self.det_loss_weight}; WARMUP {self.warmup}; heads {list(self.kd_heads)}; "
@@ -222,7 +228,11 @@ class Distiller(nn.Module):
         {kd_*: scalar} at full weight (no warm-up factor) and the recorded student tap values (in the graph).
         """
         teacher_batch, student_batch = self.split_batch(batch_dict)
-        t_rec = self._teacher.record(teacher_batch, self.teacher_taps)
+        if self.needs_teacher_predictions:
+            t_rec, teacher_batch[KD_TEACHER_PRED_DICTS] = self._teacher.record_and_predict(teacher_batch,
+                                                                                           self.teacher_taps)
+        else:
+            t_rec = self._teacher.record(teacher_batch, self.teacher_taps)
         with RecorderManager(self.student, self.student_taps, detach=False, who="KD student") as rec:
             ret_dict, tb_dict, disp_dict = self.student(student_batch)
         s_raw = rec.records

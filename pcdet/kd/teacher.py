@@ -95,6 +95,8 @@ def record_truncated(model, batch_dict, taps, detach, who):
 
     Stops after the deepest tapped stage of ``module_list`` and, within it, as soon as every tap has fired.
     """
+    if not taps:
+        return {}
     last = max(stage_index(model, parse_tap(t)[0]) for t in taps)
     with RecorderManager(model, taps, detach=detach, who=who, stop_when_done=True) as rec:
         run_stages(model, batch_dict, last)
@@ -155,6 +157,15 @@ class FrozenTeacher:
         self.model.eval()  # re-asserted every call: nothing the student does can put the teacher's BN in train
         with torch.no_grad(), self._autocast():
             return record_truncated(self.model, batch_dict, taps, detach=True, who="KD teacher")
+
+    def record_and_predict(self, batch_dict, taps):
+        """One full teacher forward: ``(records, pred_dicts)``, the features at ``taps`` (detached) and the
+        teacher's post-processed detections (its own score threshold and NMS), one dict per sample."""
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            with RecorderManager(self.model, taps, detach=True, who="KD teacher") as rec:
+                pred_dicts, _ = self.model(batch_dict)
+        return rec.records, pred_dicts
 
 
 def build_teacher(teacher_cfg, cfg_path, ckpt, dataset_view, logger=None, precision=None, channels_last=False):

@@ -210,3 +210,25 @@ def test_sparse_backbone_and_height_compression_are_cut_consistently(tmp_path):
     assert feats["t"][:, 1::2].abs().mean() > 1e-2 and feats["t"][:, 0::2].abs().mean() > 1e-2
     torch.testing.assert_close(feats["s"], feats["t"][:, kept], rtol=1e-4, atol=1e-5)
     _assert_same_head_outputs(teacher, student, batch)      # through the flattening, the 2D backbone and the head
+
+
+def test_init_only_kd_block_returns_the_inherited_plain_student(tmp_path):
+    from pcdet.config import cfg_from_yaml_file
+    from pcdet.kd import build_distiller
+    from pcdet.kd.distiller import Distiller
+    teacher_path, kd_path = T.write_configs(tmp_path)
+    _, teacher = T.save_teacher_ckpt(teacher_path, tmp_path)
+    cfg = cfg_from_yaml_file(kd_path)
+    cfg.KD.HEADS = []
+    dataset = T.make_dataset(cfg, tmp_path)
+    student = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), dataset)
+    with pytest.raises(ValueError, match="KD.HEADS is empty.*INIT_FROM_TEACHER"):
+        build_distiller(cfg, student, dataset, cfg_file=kd_path)
+    cfg.KD.INIT_FROM_TEACHER = True
+    got = build_distiller(cfg, student, dataset, cfg_file=kd_path)
+    assert got is student and not isinstance(got, Distiller)
+    keep, _ = channel_plan(student, teacher)
+    rows = keep["vfe.pfn_layers.0.linear"]
+    torch.testing.assert_close(student.vfe.pfn_layers[0].linear.weight,
+                               teacher.vfe.pfn_layers[0].linear.weight[rows], rtol=0, atol=0)
+    assert not getattr(dataset, "side_processors", {})      # the teacher's inputs are no longer computed

@@ -17,7 +17,8 @@ CONFIGS = sorted(KD_DIR.glob("*.yaml")) + sorted((KD_DIR / "kitti").glob("*.yaml
 EXPECTED = {"itkd_centerpoint", "itkd_centerpoint_pillar", "itkd_centerpoint_half", "itkd_centerpoint_pillar_half",
             "pointdistiller_pointpillar", "pointdistiller_pointpillar_16x", "pointdistiller_second",
             "pointdistiller_centerpoint", "fitnet_pointpillar", "fitnet_centerpoint", "logit_kd_pointpillar",
-            "logit_kd_centerpoint", "pivotal_kd_pointpillar", "pivotal_kd_centerpoint"}
+            "logit_kd_centerpoint", "pivotal_kd_pointpillar", "pivotal_kd_centerpoint", "label_kd_pointpillar",
+            "label_kd_centerpoint", "inherit_pointpillar", "inherit_centerpoint"}
 
 
 def _widths(model_cfg):

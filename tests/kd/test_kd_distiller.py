@@ -261,18 +261,21 @@ PIVOTAL_HEAD = {"NAME": "PivotalLogitKD", "TYPE": "heatmap", "TEACHER_TAP": "den
 
 
 def test_composed_kd_heads_train_together_and_log_each_term(tmp_path):
-    """PointDistiller + pivotal logit KD (with its box term) + plain logit KD in one config."""
+    """PointDistiller + pivotal logit KD (with its box term) + plain logit KD + label KD in one config."""
     heads = [{"NAME": "PointDistiller", "TEACHER_TAP": "vfe@pillar_features", "STUDENT_TAP": "vfe@pillar_features",
               "NUM_KEEP": 64, "K": 8, "TAU": 1.0, "LOSS_WEIGHT": 2.0, "GRAPH_CHANNELS": 8},
              copy.deepcopy(PIVOTAL_HEAD),
              {"NAME": "LogitKD", "TYPE": "heatmap", "TEACHER_TAP": "dense_head.heads_list.*@hm",
-              "STUDENT_TAP": "dense_head.heads_list.*@hm", "LOSS_WEIGHT": 0.5}]
+              "STUDENT_TAP": "dense_head.heads_list.*@hm", "LOSS_WEIGHT": 0.5},
+             {"NAME": "LabelKD", "SCORE_THRESH": 0.0, "LOSS_WEIGHT": 0.5}]
     _, _, dataset, student, distiller, _ = S.build_setup(tmp_path, kd_heads=heads)
     opt = torch.optim.AdamW([p for p in distiller.parameters() if p.requires_grad], lr=1e-3)
     for step in range(2):
         ret, tb, _ = distiller(S.make_batch(dataset, 2, start=step))
         terms = {k: v for k, v in tb.items() if k.startswith("kd_")}
-        assert set(terms) == {"kd_pointdistiller", "kd_pivotallogitkd", "kd_pivotallogitkd_box", "kd_logitkd"}
+        assert set(terms) == {"kd_pointdistiller", "kd_pivotallogitkd", "kd_pivotallogitkd_box", "kd_logitkd",
+                              "kd_labelkd"}
+        assert distiller.kd_heads["labelkd"].stats["boxes"] > 0       # SCORE_THRESH 0: the teacher's boxes join
         assert all(v > 0 for v in terms.values()), terms
         assert ret["loss"].item() == pytest.approx(tb["det_loss"] + sum(terms.values()), rel=1e-5)
         opt.zero_grad()

@@ -40,10 +40,19 @@ KD_BLOCKS = {
     "itkd": {"centerpoint": "kd/itkd_centerpoint.yaml", "centerpoint_pillar": "kd/itkd_centerpoint_pillar.yaml"},
     "pivotal_kd": {"pointpillar": "kd/pivotal_kd_pointpillar.yaml", "centerpoint": "kd/pivotal_kd_centerpoint.yaml",
                    "centerpoint_pillar": "kd/pivotal_kd_centerpoint.yaml"},
+    # teacher-guided initialisation alone, and with PointDistiller (its KD block + KD.INIT_FROM_TEACHER)
+    "inherit": {"pointpillar": "kd/inherit_pointpillar.yaml", "centerpoint": "kd/inherit_centerpoint.yaml",
+                "centerpoint_pillar": "kd/inherit_centerpoint.yaml"},
+    "pd_inherit": {"pointpillar": "kd/pointdistiller_pointpillar.yaml"},
+    "label_kd": {"pointpillar": "kd/label_kd_pointpillar.yaml", "centerpoint": "kd/label_kd_centerpoint.yaml",
+                 "centerpoint_pillar": "kd/label_kd_centerpoint.yaml"},
 }
 METHOD_LABELS = {"teacher": "Teacher", "none": "Student alone", "logit_kd": "Logit KD", "fitnet": "FitNet",
-                 "pointdistiller": "PointDistiller", "itkd": "itKD", "pivotal_kd": "Pivotal logit KD"}
-METHOD_ORDER = ["teacher", "none", "logit_kd", "fitnet", "pointdistiller", "itkd", "pivotal_kd"]
+                 "pointdistiller": "PointDistiller", "itkd": "itKD", "pivotal_kd": "Pivotal logit KD",
+                 "label_kd": "Label KD", "inherit": "Teacher-guided init",
+                 "pd_inherit": "PointDistiller + teacher-guided init"}
+METHOD_ORDER = ["teacher", "none", "logit_kd", "fitnet", "pointdistiller", "itkd", "pivotal_kd", "label_kd",
+                "inherit", "pd_inherit"]
 
 # fixed before any run, for CPU compute only: GT sampling dominates data loading on 2 cores; bf16 autocast with
 # channels_last weights gave 1.5-1.9x faster steps on an AMX CPU, but 4.5x slower ones on an AVX2-only CPU, so the
@@ -74,7 +83,7 @@ PRESETS = {
         data=CPU_DATA, seeds=[0, 1, 2], jobs=2, results_in_repo=True,
         families={
             "pointpillar": dict(teacher="zoo:pointpillar_w0.5", teacher_width=0.5, student_rel_widths=[0.5],
-                                methods=["none", "logit_kd", "fitnet", "pointdistiller"]),
+                                methods=["none", "logit_kd", "fitnet", "pointdistiller", "inherit", "pd_inherit"]),
             "centerpoint_pillar": dict(teacher="zoo:centerpoint_pillar_w0.5", teacher_width=0.5,
                                        student_rel_widths=[0.25], narrow="BACKBONE_2D",
                                        methods=["none", "logit_kd", "fitnet", "itkd"]),
@@ -87,7 +96,10 @@ PRESETS = {
         # sweep below (2026-12-02, tune split, seed 0: tau1 27.60 > tau0.01 25.60 > tau1_w8 25.09 > tau1_trainable
         # 23.06; the student alone 28.74), docs/results_cpu_tuning.md
         kd_overrides={"pointdistiller": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16,
-                                                         "TAU": 1.0, "LOSS_WEIGHT": 2.0}}},
+                                                         "TAU": 1.0, "LOSS_WEIGHT": 2.0}},
+                      "pd_inherit": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16,
+                                                     "TAU": 1.0, "LOSS_WEIGHT": 2.0,
+                                                     "KD": {"INIT_FROM_TEACHER": True}}}},
         tuning={
             "pointdistiller": {"pointpillar": [
                 {"label": "tau0.01", "overrides": {"TAU": 0.01, "LOSS_WEIGHT": 2.0}},
