@@ -83,7 +83,8 @@ PRESETS = {
         data=CPU_DATA, seeds=[0, 1, 2], jobs=2, results_in_repo=True,
         families={
             "pointpillar": dict(teacher="zoo:pointpillar_w0.5", teacher_width=0.5, student_rel_widths=[0.5],
-                                methods=["none", "logit_kd", "fitnet", "pointdistiller", "inherit", "pd_inherit"]),
+                                methods=["none", "logit_kd", "fitnet", "pointdistiller", "inherit", "pd_inherit",
+                                         "label_kd"]),
             "centerpoint_pillar": dict(teacher="zoo:centerpoint_pillar_w0.5", teacher_width=0.5,
                                        student_rel_widths=[0.25], narrow="BACKBONE_2D",
                                        methods=["none", "logit_kd", "fitnet", "itkd"]),
