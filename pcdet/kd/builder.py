@@ -6,6 +6,7 @@ import random
 import numpy as np
 import torch
 
+from ..batch_keys import KD_TEACHER_INPUTS
 from ..config_schema import check
 from .distiller import Distiller, grid_info
 from .kd_dataset import prepare_kd_dataset
@@ -67,7 +68,6 @@ def build_distiller(cfg, student, dataset, logger=None, teacher_ckpt=None, examp
         from .inherit import inherit_from_teacher
         inherit_from_teacher(student, teacher.model, logger)
         if not cfg.KD.HEADS:
-            from .kd_dataset import KD_TEACHER_INPUTS
             getattr(dataset, "side_processors", {}).pop(KD_TEACHER_INPUTS, None)   # no teacher inputs from now on
             if logger is not None:
                 logger.info("KD.HEADS is empty: teacher-guided initialisation only; the student trains alone from here")

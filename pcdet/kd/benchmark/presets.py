@@ -63,6 +63,9 @@ _CPU_OPT = {"USE_AMP": "auto", "AMP_DTYPE": "bf16", "CHANNELS_LAST": True}
 # the data of the `cpu` benchmark and of the shipped zoo teachers: 1500 frames, 500 val, 200 tune, 800 train
 CPU_DATA = dict(num_frames=1500, seed=0, val_fraction=0.33334, tune_fraction=0.13334, preset="default")
 
+# PointDistiller on the PointPillars 4x student of the `cpu` preset, as frozen from its sweep (below)
+_PD_PP_FROZEN = {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16, "TAU": 1.0, "LOSS_WEIGHT": 2.0}
+
 PRESETS = {
     # The README main job: the shipped PointPillars teacher, its 4x student alone and with PointDistiller, one
     # seed, a 3-epoch schedule; it demonstrates the whole path in minutes, it is not the benchmark.
@@ -96,13 +99,10 @@ PRESETS = {
         # graph width is the student's pillar-feature width (16 at width 0.25). TAU 1, LOSS_WEIGHT 2 frozen from the
         # sweep below (2026-12-02, tune split, seed 0: tau1 27.60 > tau0.01 25.60 > tau1_w8 25.09 > tau1_trainable
         # 23.06; the student alone 28.74), docs/results_cpu_tuning.md
-        kd_overrides={"pointdistiller": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16,
-                                                         "TAU": 1.0, "LOSS_WEIGHT": 2.0}},
+        kd_overrides={"pointdistiller": {"pointpillar": _PD_PP_FROZEN},
                       # teacher-guided init alone and with PointDistiller, tune split seed 0 (2026-12-03): 30.03 and
                       # 31.83 against 28.74 alone; both go to val
-                      "pd_inherit": {"pointpillar": {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16,
-                                                     "TAU": 1.0, "LOSS_WEIGHT": 2.0,
-                                                     "KD": {"INIT_FROM_TEACHER": True}}}},
+                      "pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, KD={"INIT_FROM_TEACHER": True})}},
         tuning={
             "pointdistiller": {"pointpillar": [
                 {"label": "tau0.01", "overrides": {"TAU": 0.01, "LOSS_WEIGHT": 2.0}},
