@@ -102,6 +102,19 @@ def test_sampled_threshold_path_is_exact_on_large_scans():
     _check_both_screens(features, batch, 20, query, tile=16)
 
 
+@pytest.mark.parametrize("k", [3, 48])
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_sample_threshold_selection_both_ways_is_exact(k):
+    # one scan of 3000 rows, tile 16, sample 64 rows: k 3 gives a sample rank of 3 (the running heap, rank * 16 <
+    # 64); k 48 a rank of 7 (the selection on a copy); ties: every value is on a coarse grid. Either way the result
+    # must be the brute force
+    torch.manual_seed(6)
+    features = torch.randint(-3, 4, (3000, 16)).float()
+    batch = torch.zeros(3000, dtype=torch.long)
+    query = torch.randperm(3000)[:120]
+    _check_both_screens(features, batch, k, query, tile=16)
+
+
 @pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
 def test_a_misleading_sample_falls_back_to_exact_ranking():
     # the sample block (the scan's first rows) holds 40 copies of the query point: its estimated threshold admits

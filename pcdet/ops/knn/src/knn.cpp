@@ -309,19 +309,25 @@ struct QuerySearch {
   }
 };
 
-// The rank-th smallest of x[0 .. n) (rank <= n), through a max-heap of the rank smallest so far: most values cost
-// one comparison with the top.
+// The rank-th smallest of x[0 .. n) (1 <= rank <= n). A small rank keeps a max-heap of the rank smallest so far
+// (most values cost one comparison with its top); a larger one selects on a copy in O(n), since the heap costs
+// about rank ln(n / rank) unpredictable sifts (at k 128 these dominated whole searches).
 template <typename st>
-st kth_smallest(const st* x, int64_t n, int64_t rank, std::vector<st>& heap) {
-  heap.assign(x, x + rank);
-  std::make_heap(heap.begin(), heap.end());
-  for (int64_t j = rank; j < n; ++j) {
-    if (!(x[j] < heap.front())) continue;
-    std::pop_heap(heap.begin(), heap.end());
-    heap.back() = x[j];
-    std::push_heap(heap.begin(), heap.end());
+st kth_smallest(const st* x, int64_t n, int64_t rank, std::vector<st>& buf) {
+  if (rank * 16 < n) {
+    buf.assign(x, x + rank);
+    std::make_heap(buf.begin(), buf.end());
+    for (int64_t j = rank; j < n; ++j) {
+      if (!(x[j] < buf.front())) continue;
+      std::pop_heap(buf.begin(), buf.end());
+      buf.back() = x[j];
+      std::push_heap(buf.begin(), buf.end());
+    }
+    return buf.front();
   }
-  return heap.front();
+  buf.assign(x, x + n);
+  std::nth_element(buf.begin(), buf.begin() + (rank - 1), buf.end());
+  return buf[rank - 1];
 }
 
 constexpr int64_t kSampleTiles = 4;  // the threshold-estimating first block has this many tiles of rows
