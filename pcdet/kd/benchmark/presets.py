@@ -80,7 +80,7 @@ PRESETS = {
         note="A demonstration of the whole path (shipped teacher, one seed, 3-epoch students, untuned KD "
              "weights), not the benchmark: see docs/results_cpu.md.",
     ),
-    # The CPU benchmark: shipped teachers (model_zoo/), the papers' students, 3 paired seeds, val 500 frames.
+    # The CPU benchmark: shipped teachers (model_zoo/), the papers' students, 5 paired seeds, val 500 frames.
     # One family at a time (--family) fits the 2-core budget; the table merges whatever has run.
     "cpu": dict(
         # seeds 3 and 4 were added on 2026-12-03 after the 3-seed val table (whose intervals touched 0); they run
