@@ -123,3 +123,39 @@ def test_bad_arguments_are_named():
         pd_edge_loss(side_s, side_t, idx, valid, phi.to("meta"), 1.0)
     with pytest.raises(ValueError, match="teacher gamma / beta"):
         pd_edge_loss(side_s, [side_t[0], side_t[1], side_t[2][:2], side_t[3]], idx, valid, phi, 1.0)
+
+
+@requires_ext
+@pytest.mark.parametrize("need", ["both", "student", "teacher"])
+def test_cached_backward_equals_the_recomputing_backward(need):
+    # the CPU forward keeps the loss sweep's per-query sums for the backward (one sweep fewer); the backward
+    # without them (ext.backward, which reruns that sweep) gives the same gradients bit for bit, for every side
+    # that needs them, and the autograd path equals the reference
+    ext = _loader.load_extension(EXT_NAME)
+    side_s, side_t, idx, valid, phi = _case(m=80, q=40, k=9, c=6, seed=11, padded=True)
+    need_s, need_t = need in ("both", "student"), need in ("both", "teacher")
+    f32 = [t.detach().float().contiguous() for t in (*side_s, *side_t)]
+    loss, stats, *cache = ext.forward_train(f32[:4], f32[4:], idx, valid, phi, 2.0, 1e-5, need_s, need_t)
+    grad = torch.tensor(0.7)
+    cached = ext.backward_cached(grad, f32[:4], f32[4:], idx, valid, phi, stats, 2.0, 1e-5, need_s, need_t, cache)
+    plain = ext.backward(grad, f32[:4], f32[4:], idx, valid, phi, stats, 2.0, 1e-5, need_s, need_t)
+    for x, (a, b) in enumerate(zip(cached, plain)):
+        if need_s if x < 4 else need_t:
+            assert a is not None and a.numel() > 0 and torch.equal(a, b), x
+        else:
+            assert a is None and b is None, x
+    s = [t.detach().clone().requires_grad_(need_s) for t in side_s]
+    t_ = [t.detach().clone().requires_grad_(need_t) for t in side_t]
+    ref_s = [t.detach().clone().requires_grad_(need_s) for t in side_s]
+    ref_t = [t.detach().clone().requires_grad_(need_t) for t in side_t]
+    (pd_edge_loss(s, t_, idx, valid, phi, 2.0)[0] * 0.7).backward()
+    (pd_edge_loss_reference(ref_s, ref_t, idx, valid, phi, 2.0)[0] * 0.7).backward()
+    for a, b in zip(s + t_, ref_s + ref_t):
+        if b.grad is None:
+            assert a.grad is None
+        else:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+    # a cache of the wrong shape (a forward run without that side's gradient) is refused by name
+    _, _, *no_cache = ext.forward_train(f32[:4], f32[4:], idx, valid, phi, 2.0, 1e-5, False, False)
+    with pytest.raises(RuntimeError, match="cache of the student side does not fit"):
+        ext.backward_cached(grad, f32[:4], f32[4:], idx, valid, phi, stats, 2.0, 1e-5, True, False, no_cache)

@@ -9,6 +9,10 @@ Q*K edges, ``z = relu(gamma * yhat + beta)`` per side, and
 ``lam * sum_{valid (i, k)} phi_i sum_c (z_t - z_s)^2 / max(1, #valid * C')``; it returns the loss and the statistics
 (for the BatchNorm running averages). Gradients flow to rows, centre, gamma and beta of every side that requires
 them (the teacher side only when its graph layer learns). CPU results do not depend on the thread count.
+
+On CPU the training forward (``ext.forward_train``) also keeps the per-query sums of the loss sweep that the
+backward needs (Q x C per side that needs a gradient), so the backward sweeps the edges once more, row-major, and
+every gradient is closed-form from those sums: two edge sweeps fewer than recomputing them per pass.
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -60,8 +64,14 @@ class _PDEdgeLoss(torch.autograd.Function):
         side_s, side_t = f32[:4], f32[4:]
         idx, valid = idx.contiguous(), valid.contiguous()
         phi = phi.detach().float().contiguous()
-        loss, stats = ext.forward(side_s, side_t, idx, valid, phi, lam, eps)
-        ctx.save_for_backward(idx, valid, phi, stats, *f32)
+        need = ctx.needs_input_grad[5:]
+        ctx.cached = idx.device.type == "cpu" and hasattr(ext, "forward_train")   # False: a build before it
+        if ctx.cached:   # the loss sweep also gathers the backward's per-query sums: one sweep fewer
+            loss, stats, *cache = ext.forward_train(side_s, side_t, idx, valid, phi, lam, eps, any(need[:4]),
+                                                    any(need[4:]))
+        else:
+            (loss, stats), cache = ext.forward(side_s, side_t, idx, valid, phi, lam, eps), []
+        ctx.save_for_backward(idx, valid, phi, stats, *f32, *cache)
         ctx.lam, ctx.eps = lam, eps
         ctx.dtypes = [t.dtype for t in sides]
         ctx.mark_non_differentiable(stats)
@@ -71,11 +81,13 @@ class _PDEdgeLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss, _grad_stats):
         ext = _loader.load_extension(EXT_NAME)
-        idx, valid, phi, stats, *f32 = ctx.saved_tensors
+        idx, valid, phi, stats, *rest = ctx.saved_tensors
+        f32, cache = rest[:8], rest[8:]
         need = ctx.needs_input_grad[5:]
         need_s, need_t = any(need[:4]), any(need[4:])
-        grads = ext.backward(grad_loss.detach().float().reshape(()), f32[:4], f32[4:], idx, valid, phi, stats,
-                             ctx.lam, ctx.eps, need_s, need_t)
+        args = (grad_loss.detach().float().reshape(()), f32[:4], f32[4:], idx, valid, phi, stats, ctx.lam, ctx.eps,
+                need_s, need_t)
+        grads = ext.backward_cached(*args, cache) if ctx.cached else ext.backward(*args)
         out = []
         for g, n, dtype in zip(grads, need, ctx.dtypes):
             out.append(g.to(dtype) if (n and g is not None and g.numel()) else None)

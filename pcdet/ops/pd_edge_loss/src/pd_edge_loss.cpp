@@ -144,17 +144,111 @@ at::Tensor moments_both(const SideView& s, const SideView& t, const int64_t* idx
   return stats;
 }
 
-}  // namespace
+// The loss sweep (query-major), which also gathers what the backward needs (when need_s / need_t):
+// with the unit upstream gradient g = phi_i * (z_s - z_t) on a valid edge (dL/dz_s up to the scalar
+// coef = grad * 2 * lam / denom) and da = g where a > 0 (the teacher's da = -g where a_t > 0), per side
+//   da_q[i] = sum_k da(i, k), yc_q[i] = sum_k (y(i, k) - mean) (every edge: the statistics include invalid ones),
+//   ab = {sum_e da, sum_e da * (y - mean)} (2, C).
+// Returns the unscaled loss sum sum_valid phi_i sum_c (z_t - z_s)^2.
+struct SideGrad {
+  float* da_q = nullptr;   // (Q, C)
+  float* yc_q = nullptr;   // (Q, C)
+  double* ab = nullptr;    // (2, C)
+};
 
-// Returns {loss (scalar float32), stats (4, C) float64: batch mean and biased variance of the student's and the
-// teacher's pre-activations}.
-std::vector<at::Tensor> pd_edge_loss_forward(const std::vector<at::Tensor>& side_s,
-                                             const std::vector<at::Tensor>& side_t, const at::Tensor& idx,
-                                             const at::Tensor& valid, const at::Tensor& phi, double lam,
-                                             double eps) {
+double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const Norm& nt, const int64_t* ip,
+                  const bool* vp, const float* pp, int64_t q, int64_t k, int64_t c, SideGrad gs, SideGrad gt) {
+  const bool need_s = gs.da_q != nullptr, need_t = gt.da_q != nullptr;
+  const int64_t nb = (q + kBlock - 1) / kBlock;
+  std::vector<double> part(static_cast<size_t>(std::max<int64_t>(nb, 1)), 0.0);
+  std::vector<double> abp(static_cast<size_t>(std::max<int64_t>(nb, 1) * 4 * c), 0.0);
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> ab_i(4 * c);
+    for (int64_t b = b0; b < b1; ++b) {
+      double acc = 0.0;
+      double* abb = abp.data() + b * 4 * c;
+      for (int64_t i = b * kBlock; i < std::min(q, (b + 1) * kBlock); ++i) {
+        float acc_i = 0.f;
+        const float w = pp[i];
+        const float* cs = s.centre + i * c;
+        const float* ct = t.centre + i * c;
+        float* das_i = need_s ? gs.da_q + i * c : nullptr;
+        float* ycs_i = need_s ? gs.yc_q + i * c : nullptr;
+        float* dat_i = need_t ? gt.da_q + i * c : nullptr;
+        float* yct_i = need_t ? gt.yc_q + i * c : nullptr;
+        std::fill(ab_i.begin(), ab_i.end(), 0.f);
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const int64_t j = ip[i * k + kk];
+          const float* rs = s.rows + j * c;
+          const float* rt = t.rows + j * c;
+          if (need_s)
+            for (int64_t ch = 0; ch < c; ++ch) ycs_i[ch] += rs[ch] + cs[ch] - ns.mean[ch];
+          if (need_t)
+            for (int64_t ch = 0; ch < c; ++ch) yct_i[ch] += rt[ch] + ct[ch] - nt.mean[ch];
+          if (!vp[i * k + kk]) continue;
+          float acc_k = 0.f;
+          for (int64_t ch = 0; ch < c; ++ch) {
+            const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
+            const float as = ys * ns.scale[ch] + ns.shift[ch], at_ = yt * nt.scale[ch] + nt.shift[ch];
+            const float zs = std::max(0.f, as), zt = std::max(0.f, at_);
+            const float d = zt - zs;
+            acc_k += d * d;
+            const float g = -w * d;
+            if (need_s && as > 0.f) {
+              das_i[ch] += g;
+              ab_i[ch] += g;
+              ab_i[c + ch] += g * (ys - ns.mean[ch]);
+            }
+            if (need_t && at_ > 0.f) {
+              dat_i[ch] -= g;
+              ab_i[2 * c + ch] -= g;
+              ab_i[3 * c + ch] -= g * (yt - nt.mean[ch]);
+            }
+          }
+          acc_i += acc_k;
+        }
+        acc += static_cast<double>(w) * acc_i;
+        for (int64_t x = 0; x < 4 * c; ++x) abb[x] += ab_i[x];
+      }
+      part[b] = acc;
+    }
+  });
+  double total = 0.0;
+  for (int64_t b = 0; b < nb; ++b) total += part[b];
+  for (int64_t x = 0; x < 2 * c; ++x) {
+    double a = 0.0, bt = 0.0;
+    for (int64_t b = 0; b < nb; ++b) {
+      a += abp[b * 4 * c + x];
+      bt += abp[b * 4 * c + 2 * c + x];
+    }
+    if (need_s) gs.ab[x] = a;
+    if (need_t) gt.ab[x] = bt;
+  }
+  return total;
+}
+
+// {da_q (Q, C), yc_q (Q, C), ab (2, C) float64} of one side, zeroed (empty tensors when not needed)
+std::vector<at::Tensor> side_cache(bool need, int64_t q, int64_t c) {
+  const auto f = at::TensorOptions().dtype(at::kFloat);
+  if (!need) return {at::empty({0}, f), at::empty({0}, f), at::empty({0}, f.dtype(at::kDouble))};
+  return {at::zeros({q, c}, f), at::zeros({q, c}, f), at::zeros({2, c}, f.dtype(at::kDouble))};
+}
+
+SideGrad grad_view(const std::vector<at::Tensor>& cache, bool need) {
+  SideGrad g;
+  if (need) {
+    g.da_q = cache[0].data_ptr<float>();
+    g.yc_q = cache[1].data_ptr<float>();
+    g.ab = cache[2].data_ptr<double>();
+  }
+  return g;
+}
+
+void check_forward_args(const std::vector<at::Tensor>& side_s, const std::vector<at::Tensor>& side_t,
+                        const at::Tensor& idx, const at::Tensor& valid, const at::Tensor& phi) {
   TORCH_CHECK(idx.dim() == 2 && idx.scalar_type() == at::kLong && idx.is_contiguous(),
               "pd_edge_loss: idx must be a contiguous (Q, K) int64 tensor");
-  const int64_t q = idx.size(0), k = idx.size(1);
+  const int64_t q = idx.size(0);
   TORCH_CHECK(side_s.size() == 4 && side_s[1].dim() == 2, "pd_edge_loss: bad student side");
   const int64_t c = side_s[1].size(1);
   check_side(side_s, "student", q, c, idx.device());
@@ -165,12 +259,18 @@ std::vector<at::Tensor> pd_edge_loss_forward(const std::vector<at::Tensor>& side
               "pd_edge_loss: valid must be a contiguous (Q, K) bool tensor");
   TORCH_CHECK(phi.dim() == 1 && phi.size(0) == q && phi.scalar_type() == at::kFloat && phi.is_contiguous(),
               "pd_edge_loss: phi must be a contiguous (Q,) float32 tensor");
-#ifdef WITH_CUDA
-  if (idx.is_cuda()) return pd_edge_loss_forward_cuda(side_s, side_t, idx, valid, phi, lam, eps);
-#endif
-  TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: built without CUDA kernels");
+  TORCH_CHECK(side_t[0].size(0) == side_s[0].size(0), "pd_edge_loss: teacher and student rows differ in count");
+}
+
+// The CPU forward; with need_s / need_t it also returns the backward's per-query sums (loss_sweep), so the
+// backward needs one more sweep over the edges only (the row-major one). Returns {loss, stats, then per side
+// (student, teacher) da_q, yc_q, ab}.
+std::vector<at::Tensor> forward_cpu(const std::vector<at::Tensor>& side_s, const std::vector<at::Tensor>& side_t,
+                                    const at::Tensor& idx, const at::Tensor& valid, const at::Tensor& phi,
+                                    double lam, double eps, bool need_s, bool need_t) {
+  const int64_t q = idx.size(0), k = idx.size(1);
+  const int64_t c = side_s[1].size(1);
   const int64_t m = side_s[0].size(0);
-  TORCH_CHECK(side_t[0].size(0) == m, "pd_edge_loss: teacher and student rows differ in count");
   const int64_t* ip = idx.data_ptr<int64_t>();
   for (int64_t e = 0; e < q * k; ++e) {
     TORCH_CHECK(ip[e] >= 0 && ip[e] < m, "pd_edge_loss: idx holds ", ip[e], " outside [0, ", m, ")");
@@ -180,44 +280,170 @@ std::vector<at::Tensor> pd_edge_loss_forward(const std::vector<at::Tensor>& side
   const double* st = stats.data_ptr<double>();
   const Norm ns = norm_of(s, st, st + c, c, eps), nt = norm_of(t, st + 2 * c, st + 3 * c, c, eps);
   const bool* vp = valid.data_ptr<bool>();
-  const float* pp = phi.data_ptr<float>();
-  const int64_t nb = (q + kBlock - 1) / kBlock;
-  std::vector<double> part(static_cast<size_t>(std::max<int64_t>(nb, 1)), 0.0);
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      double acc = 0.0;
-      for (int64_t i = b * kBlock; i < std::min(q, (b + 1) * kBlock); ++i) {
-        float acc_i = 0.f;
-        const float* cs = s.centre + i * c;
-        const float* ct = t.centre + i * c;
-        for (int64_t kk = 0; kk < k; ++kk) {
-          if (!vp[i * k + kk]) continue;
-          const int64_t j = ip[i * k + kk];
-          const float* rs = s.rows + j * c;
-          const float* rt = t.rows + j * c;
-          float acc_k = 0.f;
-          for (int64_t ch = 0; ch < c; ++ch) {
-            const float zs = std::max(0.f, (rs[ch] + cs[ch]) * ns.scale[ch] + ns.shift[ch]);
-            const float zt = std::max(0.f, (rt[ch] + ct[ch]) * nt.scale[ch] + nt.shift[ch]);
-            const float d = zt - zs;
-            acc_k += d * d;
-          }
-          acc_i += acc_k;
-        }
-        acc += static_cast<double>(pp[i]) * acc_i;
-      }
-      part[b] = acc;
-    }
-  });
-  double total = 0.0;
-  for (int64_t b = 0; b < nb; ++b) total += part[b];
+  std::vector<at::Tensor> cs = side_cache(need_s, q, c), ct = side_cache(need_t, q, c);
+  const double total = loss_sweep(s, t, ns, nt, ip, vp, phi.data_ptr<float>(), q, k, c, grad_view(cs, need_s),
+                                  grad_view(ct, need_t));
   const double denom = std::max(1.0, static_cast<double>(count_valid(vp, q * k) * c));
   auto loss = at::full({}, static_cast<float>(lam * total / denom), at::TensorOptions().dtype(at::kFloat));
-  return {loss, stats};
+  return {loss, stats, cs[0], cs[1], cs[2], ct[0], ct[1], ct[2]};
+}
+
+}  // namespace
+
+// Returns {loss (scalar float32), stats (4, C) float64: batch mean and biased variance of the student's and the
+// teacher's pre-activations}.
+std::vector<at::Tensor> pd_edge_loss_forward(const std::vector<at::Tensor>& side_s,
+                                             const std::vector<at::Tensor>& side_t, const at::Tensor& idx,
+                                             const at::Tensor& valid, const at::Tensor& phi, double lam,
+                                             double eps) {
+  check_forward_args(side_s, side_t, idx, valid, phi);
+#ifdef WITH_CUDA
+  if (idx.is_cuda()) return pd_edge_loss_forward_cuda(side_s, side_t, idx, valid, phi, lam, eps);
+#endif
+  TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: built without CUDA kernels");
+  auto out = forward_cpu(side_s, side_t, idx, valid, phi, lam, eps, false, false);
+  return {out[0], out[1]};
+}
+
+// CPU forward for training: {loss, stats, cache (6 tensors)}; pass the cache to backward_cached.
+std::vector<at::Tensor> pd_edge_loss_forward_train(const std::vector<at::Tensor>& side_s,
+                                                   const std::vector<at::Tensor>& side_t, const at::Tensor& idx,
+                                                   const at::Tensor& valid, const at::Tensor& phi, double lam,
+                                                   double eps, bool need_s, bool need_t) {
+  check_forward_args(side_s, side_t, idx, valid, phi);
+  TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: forward_train is the CPU path (CUDA: forward / backward)");
+  return forward_cpu(side_s, side_t, idx, valid, phi, lam, eps, need_s, need_t);
+}
+
+// The CPU backward from the forward's cache (da_q, yc_q, ab per side): one row-major sweep gathers the same sums
+// per neighbour row j (in edge order: a counting sort of idx), then every gradient is closed-form:
+//   dy(e) = gr * (da(e) - mean_e(da) - yhat(e) * mean_e(da * yhat)),  gr = gamma * rstd,  yhat = (y - mean) * rstd
+//   d centre[i] = gr * (da_q[i] - K * mean(da) - rstd * mean(da * yhat) * yc_q[i]), d rows[j] likewise with the
+//   edge count of j, d gamma = sum da * yhat, d beta = sum da (da scaled by coef = grad * 2 * lam / denom).
+std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss,
+                                                     const std::vector<at::Tensor>& side_s,
+                                                     const std::vector<at::Tensor>& side_t, const at::Tensor& idx,
+                                                     const at::Tensor& valid, const at::Tensor& phi,
+                                                     const at::Tensor& stats, double lam, double eps, bool need_s,
+                                                     bool need_t, const std::vector<at::Tensor>& cache) {
+  TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: backward_cached is the CPU path");
+  TORCH_CHECK(cache.size() == 6, "pd_edge_loss: the cache holds 6 tensors, got ", cache.size());
+  const int64_t q = idx.size(0), k = idx.size(1);
+  const int64_t c = side_s[1].size(1);
+  const int64_t m = side_s[0].size(0);
+  std::vector<at::Tensor> out(8);
+  if (!need_s && !need_t) return out;
+  for (int side = 0; side < 2; ++side) {
+    if (!(side == 0 ? need_s : need_t)) continue;
+    const at::Tensor& da_q = cache[3 * side];
+    TORCH_CHECK(da_q.dim() == 2 && da_q.size(0) == q && da_q.size(1) == c && cache[3 * side + 1].sizes() == da_q.sizes() &&
+                    cache[3 * side + 2].numel() == 2 * c,
+                "pd_edge_loss: the cache of the ", side == 0 ? "student" : "teacher",
+                " side does not fit (Q, C) = (", q, ", ", c, "): was the forward run with its gradient needed?");
+  }
+  const SideView s = view_of(side_s), t = view_of(side_t);
+  const auto stats_c = stats.to(at::kDouble).contiguous();
+  const double* st = stats_c.data_ptr<double>();
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  const bool* vp = valid.data_ptr<bool>();
+  const float* pp = phi.data_ptr<float>();
+  const int64_t n_edges = q * k;
+  const double denom = std::max(1.0, static_cast<double>(count_valid(vp, n_edges) * c));
+  const double coef = grad_loss.item<double>() * 2.0 * lam / denom;
+  const Norm ns = norm_of(s, st, st + c, c, eps), nt = norm_of(t, st + 2 * c, st + 3 * c, c, eps);
+  auto opts = side_s[0].options();
+  const double n = static_cast<double>(std::max<int64_t>(n_edges, 1));
+
+  // per side: mean(da), mean(da * yhat) / (gr-free); gr; d gamma, d beta
+  struct Closed {
+    std::vector<float> mda, mday_rstd, gr;
+  };
+  auto closed = [&](const Norm& nm, const double* ab, int64_t base) {
+    Closed cl{std::vector<float>(c), std::vector<float>(c), std::vector<float>(c)};
+    out[base + 2] = at::empty({c}, opts);
+    out[base + 3] = at::empty({c}, opts);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const double sum_da = coef * ab[ch];
+      const double sum_day = coef * ab[c + ch] * nm.rstd[ch];
+      out[base + 2].data_ptr<float>()[ch] = static_cast<float>(sum_day);
+      out[base + 3].data_ptr<float>()[ch] = static_cast<float>(sum_da);
+      cl.mda[ch] = static_cast<float>(sum_da / n);
+      cl.mday_rstd[ch] = static_cast<float>(sum_day / n * nm.rstd[ch]);
+      cl.gr[ch] = nm.gamma[ch] * nm.rstd[ch];
+    }
+    return cl;
+  };
+  Closed cls, clt;
+  if (need_s) cls = closed(ns, cache[2].data_ptr<double>(), 0);
+  if (need_t) clt = closed(nt, cache[5].data_ptr<double>(), 4);
+  const float fcoef = static_cast<float>(coef);
+  const float fk = static_cast<float>(k);
+  // d centre from the forward's per-query sums
+  for (int side = 0; side < 2; ++side) {
+    if (!(side == 0 ? need_s : need_t)) continue;
+    const Closed& cl = side == 0 ? cls : clt;
+    out[4 * side + 1] = at::empty({q, c}, opts);
+    float* dc = out[4 * side + 1].data_ptr<float>();
+    const float* da_q = cache[3 * side].data_ptr<float>();
+    const float* yc_q = cache[3 * side + 1].data_ptr<float>();
+    for (int64_t i = 0; i < q; ++i)
+      for (int64_t ch = 0; ch < c; ++ch)
+        dc[i * c + ch] = cl.gr[ch] * (fcoef * da_q[i * c + ch] - fk * cl.mda[ch] - cl.mday_rstd[ch] * yc_q[i * c + ch]);
+  }
+  // the row-major sweep: per neighbour row j, sum_e da(e) and sum_e (y(e) - mean) over its edges in edge order
+  std::vector<int64_t> start(static_cast<size_t>(m + 1), 0), order(static_cast<size_t>(n_edges));
+  for (int64_t e = 0; e < n_edges; ++e) ++start[ip[e] + 1];
+  for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < n_edges; ++e) order[fill[ip[e]]++] = e;
+  }
+  if (need_s) out[0] = at::empty({m, c}, opts);
+  if (need_t) out[4] = at::empty({m, c}, opts);
+  float* drs = need_s ? out[0].data_ptr<float>() : nullptr;
+  float* drt = need_t ? out[4].data_ptr<float>() : nullptr;
+  at::parallel_for(0, m, 256, [&](int64_t j0, int64_t j1) {
+    std::vector<float> da_s(c), yc_s(c), da_t(c), yc_t(c);
+    for (int64_t j = j0; j < j1; ++j) {
+      std::fill(da_s.begin(), da_s.end(), 0.f);
+      std::fill(yc_s.begin(), yc_s.end(), 0.f);
+      std::fill(da_t.begin(), da_t.end(), 0.f);
+      std::fill(yc_t.begin(), yc_t.end(), 0.f);
+      const float* rs = s.rows + j * c;
+      const float* rt = t.rows + j * c;
+      for (int64_t p = start[j]; p < start[j + 1]; ++p) {
+        const int64_t e = order[p];
+        const int64_t i = e / k;
+        const float* cs = s.centre + i * c;
+        const float* ct = t.centre + i * c;
+        if (need_s)
+          for (int64_t ch = 0; ch < c; ++ch) yc_s[ch] += rs[ch] + cs[ch] - ns.mean[ch];
+        if (need_t)
+          for (int64_t ch = 0; ch < c; ++ch) yc_t[ch] += rt[ch] + ct[ch] - nt.mean[ch];
+        if (!vp[e]) continue;
+        const float w = pp[i];
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const float as = (rs[ch] + cs[ch]) * ns.scale[ch] + ns.shift[ch];
+          const float at_ = (rt[ch] + ct[ch]) * nt.scale[ch] + nt.shift[ch];
+          const float g = w * (std::max(0.f, as) - std::max(0.f, at_));
+          if (need_s && as > 0.f) da_s[ch] += g;
+          if (need_t && at_ > 0.f) da_t[ch] -= g;
+        }
+      }
+      const float cnt = static_cast<float>(start[j + 1] - start[j]);
+      if (need_s)
+        for (int64_t ch = 0; ch < c; ++ch)
+          drs[j * c + ch] = cls.gr[ch] * (fcoef * da_s[ch] - cnt * cls.mda[ch] - cls.mday_rstd[ch] * yc_s[ch]);
+      if (need_t)
+        for (int64_t ch = 0; ch < c; ++ch)
+          drt[j * c + ch] = clt.gr[ch] * (fcoef * da_t[ch] - cnt * clt.mda[ch] - clt.mday_rstd[ch] * yc_t[ch]);
+    }
+  });
+  return out;
 }
 
 // Returns {d_rows_s, d_centre_s, d_gamma_s, d_beta_s, d_rows_t, d_centre_t, d_gamma_t, d_beta_t} (the sides not
-// needed come back as empty tensors).
+// needed come back as empty tensors). On CPU: the forward's loss sweep again for the cache, then backward_cached.
 std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const std::vector<at::Tensor>& side_s,
                                               const std::vector<at::Tensor>& side_t, const at::Tensor& idx,
                                               const at::Tensor& valid, const at::Tensor& phi,
@@ -228,143 +454,18 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
     return pd_edge_loss_backward_cuda(grad_loss, side_s, side_t, idx, valid, phi, stats, lam, eps, need_s, need_t);
 #endif
   TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: built without CUDA kernels");
+  if (!need_s && !need_t) return std::vector<at::Tensor>(8);
   const int64_t q = idx.size(0), k = idx.size(1);
   const int64_t c = side_s[1].size(1);
-  const int64_t m = side_s[0].size(0);
   const SideView s = view_of(side_s), t = view_of(side_t);
   const auto stats_c = stats.to(at::kDouble).contiguous();
   const double* st = stats_c.data_ptr<double>();
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  const bool* vp = valid.data_ptr<bool>();
-  const float* pp = phi.data_ptr<float>();
-  const int64_t n_edges = q * k;
-  std::vector<at::Tensor> out(8);
-  auto opts = side_s[0].options();
-  if (!need_s && !need_t) return out;
-  const double denom = std::max(1.0, static_cast<double>(count_valid(vp, n_edges) * c));
-  const float coef = static_cast<float>(grad_loss.item<double>() * 2.0 * lam / denom);
-
   const Norm ns = norm_of(s, st, st + c, c, eps), nt = norm_of(t, st + 2 * c, st + 3 * c, c, eps);
-
-  // da of both sides at edge (i, kk) into das / dat (C each); returns false for an invalid edge (da = 0)
-  auto edge_grad = [&](int64_t i, int64_t kk, float* das, float* dat, float* yhs, float* yht) {
-    const int64_t j = ip[i * k + kk];
-    const float* rs = s.rows + j * c;
-    const float* rt = t.rows + j * c;
-    const float* cs = s.centre + i * c;
-    const float* ct = t.centre + i * c;
-    const float w = vp[i * k + kk] ? coef * pp[i] : 0.f;
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
-      const float as = ys * ns.scale[ch] + ns.shift[ch], at_ = yt * nt.scale[ch] + nt.shift[ch];
-      const float zs = std::max(0.f, as), zt = std::max(0.f, at_);
-      const float g = w * (zs - zt);  // dL/dz_s; dL/dz_t = -g
-      das[ch] = as > 0.f ? g : 0.f;
-      dat[ch] = at_ > 0.f ? -g : 0.f;
-      yhs[ch] = (ys - ns.mean[ch]) * ns.rstd[ch];
-      yht[ch] = (yt - nt.mean[ch]) * nt.rstd[ch];
-    }
-  };
-
-  // pass 1: per-channel sums of da and da * yhat (= d beta, d gamma), per side
-  const int64_t nb = (q + kBlock - 1) / kBlock;
-  std::vector<double> part(static_cast<size_t>(std::max<int64_t>(nb, 1) * 4 * c), 0.0);
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> das(c), dat(c), yhs(c), yht(c), acc(4 * c);
-    for (int64_t b = b0; b < b1; ++b) {
-      double* p = part.data() + b * 4 * c;
-      for (int64_t i = b * kBlock; i < std::min(q, (b + 1) * kBlock); ++i) {
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t kk = 0; kk < k; ++kk) {
-          if (!vp[i * k + kk]) continue;  // da = 0 on invalid edges
-          edge_grad(i, kk, das.data(), dat.data(), yhs.data(), yht.data());
-          for (int64_t ch = 0; ch < c; ++ch) {
-            acc[ch] += das[ch];
-            acc[c + ch] += das[ch] * yhs[ch];
-            acc[2 * c + ch] += dat[ch];
-            acc[3 * c + ch] += dat[ch] * yht[ch];
-          }
-        }
-        for (int64_t x = 0; x < 4 * c; ++x) p[x] += acc[x];
-      }
-    }
-  });
-  std::vector<double> sums(4 * c, 0.0);
-  for (int64_t b = 0; b < nb; ++b)
-    for (int64_t x = 0; x < 4 * c; ++x) sums[x] += part[b * 4 * c + x];
-  const double n = static_cast<double>(std::max<int64_t>(n_edges, 1));
-  // dy = rstd * gamma * (da - mean(da) - yhat * mean(da * yhat))
-  std::vector<float> mda_s(c), mday_s(c), mda_t(c), mday_t(c), gr_s(c), gr_t(c);
-  for (int64_t ch = 0; ch < c; ++ch) {
-    mda_s[ch] = static_cast<float>(sums[ch] / n);
-    mday_s[ch] = static_cast<float>(sums[c + ch] / n);
-    mda_t[ch] = static_cast<float>(sums[2 * c + ch] / n);
-    mday_t[ch] = static_cast<float>(sums[3 * c + ch] / n);
-    gr_s[ch] = ns.gamma[ch] * ns.rstd[ch];
-    gr_t[ch] = nt.gamma[ch] * nt.rstd[ch];
-  }
-  auto edge_dy = [&](int64_t i, int64_t kk, float* dys, float* dyt, float* das, float* dat, float* yhs,
-                     float* yht) {
-    edge_grad(i, kk, das, dat, yhs, yht);
-    for (int64_t ch = 0; ch < c; ++ch) {
-      dys[ch] = gr_s[ch] * (das[ch] - mda_s[ch] - yhs[ch] * mday_s[ch]);
-      dyt[ch] = gr_t[ch] * (dat[ch] - mda_t[ch] - yht[ch] * mday_t[ch]);
-    }
-  };
-
-  // out[base .. base + 3] = d rows, d centre, d gamma (sum da * yhat), d beta (sum da) of one side
-  auto alloc_side = [&](int64_t base, int64_t sums_offset) {
-    out[base] = at::zeros({m, c}, opts);
-    out[base + 1] = at::zeros({q, c}, opts);
-    out[base + 2] = at::empty({c}, opts);
-    out[base + 3] = at::empty({c}, opts);
-    for (int64_t ch = 0; ch < c; ++ch) {
-      out[base + 2].data_ptr<float>()[ch] = static_cast<float>(sums[sums_offset + c + ch]);
-      out[base + 3].data_ptr<float>()[ch] = static_cast<float>(sums[sums_offset + ch]);
-    }
-  };
-  if (need_s) alloc_side(0, 0);
-  if (need_t) alloc_side(4, 2 * c);
-  float* drs = need_s ? out[0].data_ptr<float>() : nullptr;
-  float* dcs = need_s ? out[1].data_ptr<float>() : nullptr;
-  float* drt = need_t ? out[4].data_ptr<float>() : nullptr;
-  float* dct = need_t ? out[5].data_ptr<float>() : nullptr;
-
-  // pass 2a: d centre[i] = sum_k dy(i, k), query-major
-  at::parallel_for(0, q, kBlock, [&](int64_t i0, int64_t i1) {
-    std::vector<float> dys(c), dyt(c), das(c), dat(c), yhs(c), yht(c);
-    for (int64_t i = i0; i < i1; ++i) {
-      for (int64_t kk = 0; kk < k; ++kk) {
-        edge_dy(i, kk, dys.data(), dyt.data(), das.data(), dat.data(), yhs.data(), yht.data());
-        for (int64_t ch = 0; ch < c; ++ch) {
-          if (dcs) dcs[i * c + ch] += dys[ch];
-          if (dct) dct[i * c + ch] += dyt[ch];
-        }
-      }
-    }
-  });
-  // pass 2b: d rows[j] = sum over the edges with neighbour j, in edge order (counting sort of idx)
-  std::vector<int64_t> start(static_cast<size_t>(m + 1), 0), order(static_cast<size_t>(n_edges));
-  for (int64_t e = 0; e < n_edges; ++e) ++start[ip[e] + 1];
-  for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
-  {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < n_edges; ++e) order[fill[ip[e]]++] = e;
-  }
-  at::parallel_for(0, m, 256, [&](int64_t j0, int64_t j1) {
-    std::vector<float> dys(c), dyt(c), das(c), dat(c), yhs(c), yht(c);
-    for (int64_t j = j0; j < j1; ++j) {
-      for (int64_t p = start[j]; p < start[j + 1]; ++p) {
-        const int64_t e = order[p];
-        edge_dy(e / k, e % k, dys.data(), dyt.data(), das.data(), dat.data(), yhs.data(), yht.data());
-        for (int64_t ch = 0; ch < c; ++ch) {
-          if (drs) drs[j * c + ch] += dys[ch];
-          if (drt) drt[j * c + ch] += dyt[ch];
-        }
-      }
-    }
-  });
-  return out;
+  std::vector<at::Tensor> cs = side_cache(need_s, q, c), ct = side_cache(need_t, q, c);
+  loss_sweep(s, t, ns, nt, idx.data_ptr<int64_t>(), valid.data_ptr<bool>(), phi.data_ptr<float>(), q, k, c,
+             grad_view(cs, need_s), grad_view(ct, need_t));
+  return pd_edge_loss_backward_cached(grad_loss, side_s, side_t, idx, valid, phi, stats, lam, eps, need_s, need_t,
+                                      {cs[0], cs[1], cs[2], ct[0], ct[1], ct[2]});
 }
 
 bool with_cuda() {
@@ -382,5 +483,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &pd_edge_loss_backward, "gradients of the fused loss w.r.t. both sides", py::arg("grad_loss"),
         py::arg("side_s"), py::arg("side_t"), py::arg("idx"), py::arg("valid"), py::arg("phi"), py::arg("stats"),
         py::arg("lam"), py::arg("eps"), py::arg("need_s"), py::arg("need_t"));
+  m.def("forward_train", &pd_edge_loss_forward_train, "CPU forward that also returns the backward's cache",
+        py::arg("side_s"), py::arg("side_t"), py::arg("idx"), py::arg("valid"), py::arg("phi"), py::arg("lam"),
+        py::arg("eps"), py::arg("need_s"), py::arg("need_t"));
+  m.def("backward_cached", &pd_edge_loss_backward_cached, "CPU backward from forward_train's cache",
+        py::arg("grad_loss"), py::arg("side_s"), py::arg("side_t"), py::arg("idx"), py::arg("valid"),
+        py::arg("phi"), py::arg("stats"), py::arg("lam"), py::arg("eps"), py::arg("need_s"), py::arg("need_t"),
+        py::arg("cache"));
   m.def("with_cuda", &with_cuda, "True when built with the CUDA kernels");
 }
