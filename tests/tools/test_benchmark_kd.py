@@ -82,6 +82,17 @@ def test_cpu_plan_uses_zoo_teachers_and_pairs_seeds(tmp_path):
     assert Runner(bench).curve_epochs(bench.runs[1]) == list(range(2, p["student_epochs"]["pointpillar"], 2))
 
 
+def test_cpu_centerpoint_pillar_inherit_run_narrows_only_the_neck_and_inherits(tmp_path):
+    # teacher-guided init on the itKD family's 1/4 student: the student is the teacher's config with the 2D neck
+    # at 1/4 of its widths, initialised from the zoo teacher, with no distillation head
+    bench = _bench(tmp_path, "cpu", families=["centerpoint_pillar"])
+    run = next(r for r in bench.runs if r.method == "inherit" and r.seed == 0)
+    cfg = cfg_from_yaml_file(bench.write_cfg(run))
+    assert cfg.MODEL.WIDTH == 0.5 and cfg.MODEL.BACKBONE_2D.WIDTH == 0.125
+    assert cfg.KD.INIT_FROM_TEACHER is True and list(cfg.KD.HEADS) == []
+    assert cfg.KD.TEACHER.CKPT == str(tmp_path / "zoo" / "centerpoint_pillar_w0.5.pth")
+
+
 def test_tune_mode_runs_each_setting_once_and_family_filter(tmp_path):
     bench = _bench(tmp_path, "cpu", mode="tune", families=["pointpillar"])
     p = PRESETS["cpu"]

@@ -92,7 +92,8 @@ PRESETS = {
                                          "label_kd"]),
             "centerpoint_pillar": dict(teacher="zoo:centerpoint_pillar_w0.5", teacher_width=0.5,
                                        student_rel_widths=[0.25], narrow="BACKBONE_2D",
-                                       methods=["none", "logit_kd", "fitnet", "itkd"]),
+                                       # teacher-guided init (issue 18): added 2026-12-03 before any of its runs
+                                       methods=["none", "logit_kd", "fitnet", "itkd", "inherit"]),
         },
         student_epochs={"pointpillar": 12, "centerpoint_pillar": 10},
         batch_size=4, curve_every=2,
