@@ -132,6 +132,8 @@ def test_cached_backward_equals_the_recomputing_backward(need):
     # without them (ext.backward, which reruns that sweep) gives the same gradients bit for bit, for every side
     # that needs them, and the autograd path equals the reference
     ext = _loader.load_extension(EXT_NAME)
+    if not hasattr(ext, "forward_train"):
+        pytest.skip(f"{EXT_NAME} predates forward_train: rebuild (pip install --no-build-isolation -e .)")
     side_s, side_t, idx, valid, phi = _case(m=80, q=40, k=9, c=6, seed=11, padded=True)
     need_s, need_t = need in ("both", "student"), need in ("both", "teacher")
     f32 = [t.detach().float().contiguous() for t in (*side_s, *side_t)]

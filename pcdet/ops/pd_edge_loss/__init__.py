@@ -11,8 +11,9 @@ Q*K edges, ``z = relu(gamma * yhat + beta)`` per side, and
 them (the teacher side only when its graph layer learns). CPU results do not depend on the thread count.
 
 On CPU the training forward (``ext.forward_train``) also keeps the per-query sums of the loss sweep that the
-backward needs (Q x C per side that needs a gradient), so the backward sweeps the edges once more, row-major, and
-every gradient is closed-form from those sums: two edge sweeps fewer than recomputing them per pass.
+backward needs (two (Q, C) float32 and one (2, C) float64 tensor per side that needs a gradient), so the backward
+sweeps the edges once more, row-major, and every gradient is closed-form from those sums: two edge sweeps fewer
+than recomputing them per pass.
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -51,20 +52,21 @@ def pd_edge_loss(side_s, side_t, idx, valid, phi, lam, eps=1e-5, use_reference=F
     ext = None if use_reference else _compiled_for(idx)
     if ext is None or idx.numel() == 0:
         return pd_edge_loss_reference(side_s, side_t, idx, valid, phi, lam, eps)
-    return _PDEdgeLoss.apply(float(lam), float(eps), idx, valid, phi, *side_s, *side_t)
+    # needs_input_grad inside forward ignores no_grad / inference mode: pass whether a graph is being recorded
+    return _PDEdgeLoss.apply(float(lam), float(eps), torch.is_grad_enabled(), idx, valid, phi, *side_s, *side_t)
 
 
 class _PDEdgeLoss(torch.autograd.Function):
     """Outputs (loss, stats); stats carry no gradient."""
 
     @staticmethod
-    def forward(ctx, lam, eps, idx, valid, phi, *sides):
+    def forward(ctx, lam, eps, grad_enabled, idx, valid, phi, *sides):
         ext = _loader.load_extension(EXT_NAME)
         f32 = [t.detach().float().contiguous() for t in sides]
         side_s, side_t = f32[:4], f32[4:]
         idx, valid = idx.contiguous(), valid.contiguous()
         phi = phi.detach().float().contiguous()
-        need = ctx.needs_input_grad[5:]
+        need = [grad_enabled and n for n in ctx.needs_input_grad[6:]]
         ctx.cached = idx.device.type == "cpu" and hasattr(ext, "forward_train")   # False: a build before it
         if ctx.cached:   # the loss sweep also gathers the backward's per-query sums: one sweep fewer
             loss, stats, *cache = ext.forward_train(side_s, side_t, idx, valid, phi, lam, eps, any(need[:4]),
@@ -83,7 +85,7 @@ class _PDEdgeLoss(torch.autograd.Function):
         ext = _loader.load_extension(EXT_NAME)
         idx, valid, phi, stats, *rest = ctx.saved_tensors
         f32, cache = rest[:8], rest[8:]
-        need = ctx.needs_input_grad[5:]
+        need = ctx.needs_input_grad[6:]
         need_s, need_t = any(need[:4]), any(need[4:])
         args = (grad_loss.detach().float().reshape(()), f32[:4], f32[4:], idx, valid, phi, stats, ctx.lam, ctx.eps,
                 need_s, need_t)
@@ -91,4 +93,4 @@ class _PDEdgeLoss(torch.autograd.Function):
         out = []
         for g, n, dtype in zip(grads, need, ctx.dtypes):
             out.append(g.to(dtype) if (n and g is not None and g.numel()) else None)
-        return (None, None, None, None, None, *out)
+        return (None, None, None, None, None, None, *out)

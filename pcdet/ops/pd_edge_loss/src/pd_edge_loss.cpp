@@ -161,12 +161,13 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
   const bool need_s = gs.da_q != nullptr, need_t = gt.da_q != nullptr;
   const int64_t nb = (q + kBlock - 1) / kBlock;
   std::vector<double> part(static_cast<size_t>(std::max<int64_t>(nb, 1)), 0.0);
-  std::vector<double> abp(static_cast<size_t>(std::max<int64_t>(nb, 1) * 4 * c), 0.0);
+  const bool need_any = need_s || need_t;
+  std::vector<double> abp(need_any ? static_cast<size_t>(std::max<int64_t>(nb, 1) * 4 * c) : 0, 0.0);
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> ab_i(4 * c);
+    std::vector<float> ab_i(need_any ? 4 * c : 0);
     for (int64_t b = b0; b < b1; ++b) {
       double acc = 0.0;
-      double* abb = abp.data() + b * 4 * c;
+      double* abb = need_any ? abp.data() + b * 4 * c : nullptr;
       for (int64_t i = b * kBlock; i < std::min(q, (b + 1) * kBlock); ++i) {
         float acc_i = 0.f;
         const float w = pp[i];
@@ -176,7 +177,7 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
         float* ycs_i = need_s ? gs.yc_q + i * c : nullptr;
         float* dat_i = need_t ? gt.da_q + i * c : nullptr;
         float* yct_i = need_t ? gt.yc_q + i * c : nullptr;
-        std::fill(ab_i.begin(), ab_i.end(), 0.f);
+        if (need_any) std::fill(ab_i.begin(), ab_i.end(), 0.f);
         for (int64_t kk = 0; kk < k; ++kk) {
           const int64_t j = ip[i * k + kk];
           const float* rs = s.rows + j * c;
@@ -208,14 +209,15 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
           acc_i += acc_k;
         }
         acc += static_cast<double>(w) * acc_i;
-        for (int64_t x = 0; x < 4 * c; ++x) abb[x] += ab_i[x];
+        if (need_any)
+          for (int64_t x = 0; x < 4 * c; ++x) abb[x] += ab_i[x];
       }
       part[b] = acc;
     }
   });
   double total = 0.0;
   for (int64_t b = 0; b < nb; ++b) total += part[b];
-  for (int64_t x = 0; x < 2 * c; ++x) {
+  for (int64_t x = 0; need_any && x < 2 * c; ++x) {
     double a = 0.0, bt = 0.0;
     for (int64_t b = 0; b < nb; ++b) {
       a += abp[b * 4 * c + x];
@@ -327,17 +329,28 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
                                                      const at::Tensor& stats, double lam, double eps, bool need_s,
                                                      bool need_t, const std::vector<at::Tensor>& cache) {
   TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: backward_cached is the CPU path");
+  check_forward_args(side_s, side_t, idx, valid, phi);
   TORCH_CHECK(cache.size() == 6, "pd_edge_loss: the cache holds 6 tensors, got ", cache.size());
   const int64_t q = idx.size(0), k = idx.size(1);
   const int64_t c = side_s[1].size(1);
   const int64_t m = side_s[0].size(0);
+  TORCH_CHECK(stats.numel() == 4 * c, "pd_edge_loss: stats must hold (4, ", c, ") values, got ", stats.sizes());
+  {
+    const int64_t* ip = idx.data_ptr<int64_t>();
+    for (int64_t e = 0; e < q * k; ++e)
+      TORCH_CHECK(ip[e] >= 0 && ip[e] < m, "pd_edge_loss: idx holds ", ip[e], " outside [0, ", m, ")");
+  }
   std::vector<at::Tensor> out(8);
   if (!need_s && !need_t) return out;
   for (int side = 0; side < 2; ++side) {
     if (!(side == 0 ? need_s : need_t)) continue;
     const at::Tensor& da_q = cache[3 * side];
-    TORCH_CHECK(da_q.dim() == 2 && da_q.size(0) == q && da_q.size(1) == c && cache[3 * side + 1].sizes() == da_q.sizes() &&
-                    cache[3 * side + 2].numel() == 2 * c,
+    const at::Tensor& yc_q = cache[3 * side + 1];
+    const at::Tensor& ab = cache[3 * side + 2];
+    TORCH_CHECK(da_q.dim() == 2 && da_q.size(0) == q && da_q.size(1) == c && yc_q.sizes() == da_q.sizes() &&
+                    ab.numel() == 2 * c && da_q.scalar_type() == at::kFloat && yc_q.scalar_type() == at::kFloat &&
+                    ab.scalar_type() == at::kDouble && da_q.is_contiguous() && yc_q.is_contiguous() &&
+                    ab.is_contiguous(),
                 "pd_edge_loss: the cache of the ", side == 0 ? "student" : "teacher",
                 " side does not fit (Q, C) = (", q, ", ", c, "): was the forward run with its gradient needed?");
   }
@@ -354,7 +367,8 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
   auto opts = side_s[0].options();
   const double n = static_cast<double>(std::max<int64_t>(n_edges, 1));
 
-  // per side: mean(da), mean(da * yhat) / (gr-free); gr; d gamma, d beta
+  // per side: mean(da), rstd * mean(da * yhat) (the factor of sum (y - mean)), gr = gamma * rstd; writes d gamma,
+  // d beta
   struct Closed {
     std::vector<float> mda, mday_rstd, gr;
   };
@@ -443,7 +457,8 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
 }
 
 // Returns {d_rows_s, d_centre_s, d_gamma_s, d_beta_s, d_rows_t, d_centre_t, d_gamma_t, d_beta_t} (the sides not
-// needed come back as empty tensors). On CPU: the forward's loss sweep again for the cache, then backward_cached.
+// needed come back as undefined tensors: None in Python). On CPU: the forward's loss sweep again for the cache,
+// then backward_cached.
 std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const std::vector<at::Tensor>& side_s,
                                               const std::vector<at::Tensor>& side_t, const at::Tensor& idx,
                                               const at::Tensor& valid, const at::Tensor& phi,
