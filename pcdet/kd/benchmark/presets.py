@@ -105,7 +105,10 @@ PRESETS = {
         kd_overrides={"pointdistiller": {"pointpillar": _PD_PP_FROZEN},
                       # teacher-guided init alone and with PointDistiller, tune split seed 0 (2026-12-03): 30.03 and
                       # 31.83 against 28.74 alone; both go to val
-                      "pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, KD={"INIT_FROM_TEACHER": True})}},
+                      "pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, KD={"INIT_FROM_TEACHER": True})},
+                      # itKD on the CenterPoint-pillar 1/4 student, frozen from its sweep (2026-12-03, tune split,
+                      # seed 0: ae5_det1 20.49 > ae5 18.62 > default 17.72; the student alone 23.34)
+                      "itkd": {"centerpoint_pillar": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}}},
         tuning={
             "pointdistiller": {"pointpillar": [
                 {"label": "tau0.01", "overrides": {"TAU": 0.01, "LOSS_WEIGHT": 2.0}},
