@@ -242,6 +242,30 @@ def test_cli_modes():
         parse_args(["--tune", "--retrain-teachers"])
 
 
+def test_report_only_rewrites_the_report_and_runs_nothing(tmp_path, monkeypatch):
+    from pcdet.kd.benchmark import cli
+
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    _fake_results(bench, {"teacher": 30.0, "none": 10.0, "pointdistiller": 12.0}, seeds=(0, 1))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--report_only must not prepare data or train")
+
+    monkeypatch.setattr(Runner, "prepare_data", refuse)
+    monkeypatch.setattr(Runner, "execute", refuse)
+    monkeypatch.setattr(cli, "plot", lambda *args, **kwargs: None)   # matplotlib is not what is tested here
+    docs = tmp_path / "docs"
+    cli.main(["--preset", "cpu", "--family", "pointpillar", "--report_only", "--work_dir", str(tmp_path / "work"),
+              "--data_dir", str(tmp_path / "data"), "--results_dir", str(tmp_path / "work" / "results"),
+              "--zoo_dir", str(tmp_path / "zoo"), "--docs_dir", str(docs)])
+    runs = json.loads((docs / "results_cpu.json").read_text())["runs"]
+    got = sorted((r["method"], r["seed"], r["map3d_mod"]) for r in runs if r["family"] == "pointpillar")
+    assert got == [("none", 0, 10.0), ("none", 1, 10.0), ("pointdistiller", 0, 12.0), ("pointdistiller", 1, 12.0),
+                   ("teacher", 0, 30.0)]
+    assert "PointDistiller" in (docs / "results_cpu.md").read_text()
+    assert not (tmp_path / "work" / "wall_times.json").exists()   # a report-only invocation records no wall time
+
+
 def test_moderate_map_averages_classes():
     m = {"Car_3d/moderate_R40": 60.0, "Pedestrian_3d/moderate_R40": 30.0, "Cyclist_3d/moderate_R40": 0.0}
     assert rep.moderate_map(m, ["Car", "Pedestrian", "Cyclist"]) == pytest.approx(30.0)

@@ -54,6 +54,8 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--docs_dir", default=str(REPO_ROOT / "docs"))
+    parser.add_argument("--report_only", action="store_true",
+                        help="train and evaluate nothing: rewrite the report from the results present")
     return parser.parse_args(argv)
 
 
@@ -99,11 +101,12 @@ def main(argv=None):
         runner = Runner(bench, device=device, threads=args.threads, jobs=args.jobs, log=log, eval_splits=splits)
         log(f"preset {args.preset}, mode {mode}, families {bench.families}: {len(bench.runs)} runs, "
             f"{runner.jobs} in parallel, evaluated on {'/'.join(splits)}")
-        eval_self_check(log)
-        runner.prepare_data()
-        runner.execute()
+        if not args.report_only:
+            eval_self_check(log)
+            runner.prepare_data()
+            runner.execute()
         wall = time.time() - t_start
-        log(f"this invocation: {wall / 60:.1f} min")
+        log(f"this invocation: {wall / 60:.1f} min" + (" (report only)" if args.report_only else ""))
         docs = Path(args.docs_dir)
         docs.mkdir(parents=True, exist_ok=True)
         if mode == "teachers":
@@ -113,7 +116,7 @@ def main(argv=None):
         full = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest,
                          results_dir=results_dir, device=device)
         records = collect(full, splits[0])
-        walls = _record_wall(work_dir, mode, bench.families, wall)
+        walls = _record_wall(work_dir, mode, bench.families, None if args.report_only else wall)
         if mode == "tune":
             text = tuning_markdown(full, records)
             (docs / f"results_{args.preset}_tuning.md").write_text(text)
@@ -137,10 +140,12 @@ def main(argv=None):
 
 
 def _record_wall(work_dir, mode, families, seconds):
-    """Wall seconds per (mode, families) invocation, kept in work_dir/wall_times.json (the longest of each)."""
+    """Wall seconds per (mode, families) invocation, kept in work_dir/wall_times.json (the longest of each);
+    ``seconds`` None records nothing."""
     path = Path(work_dir) / "wall_times.json"
     walls = json.loads(path.read_text()) if path.is_file() else {}
     key = f"{mode}:{'+'.join(families)}"
-    walls[key] = max(seconds, walls.get(key, 0.0))   # the invocation that ran the most (reruns reuse results)
-    path.write_text(json.dumps(walls, indent=1))
+    if seconds is not None:   # None: a report-only invocation, which ran nothing
+        walls[key] = max(seconds, walls.get(key, 0.0))   # the invocation that ran the most (reruns reuse results)
+        path.write_text(json.dumps(walls, indent=1))
     return {k.split(":", 1)[1]: v for k, v in walls.items() if k.startswith(mode + ":")}
