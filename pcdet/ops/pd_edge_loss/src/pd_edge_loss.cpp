@@ -150,6 +150,12 @@ at::Tensor moments_both(const SideView& s, const SideView& t, const int64_t* idx
 //   da_q[i] = sum_k da(i, k), yc_q[i] = sum_k (y(i, k) - mean) (every edge: the statistics include invalid ones),
 //   ab = {sum_e da, sum_e da * (y - mean)} (2, C).
 // Returns the unscaled loss sum sum_valid phi_i sum_c (z_t - z_s)^2.
+// acc += row + centre - mean over the C channels: one edge's centred pre-activation (both sweeps of the backward's
+// sums add it for every edge, invalid ones included)
+inline void add_centred(float* acc, const float* row, const float* centre, const float* mean, int64_t c) {
+  for (int64_t ch = 0; ch < c; ++ch) acc[ch] += row[ch] + centre[ch] - mean[ch];
+}
+
 struct SideGrad {
   float* da_q = nullptr;   // (Q, C)
   float* yc_q = nullptr;   // (Q, C)
@@ -182,10 +188,8 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
           const int64_t j = ip[i * k + kk];
           const float* rs = s.rows + j * c;
           const float* rt = t.rows + j * c;
-          if (need_s)
-            for (int64_t ch = 0; ch < c; ++ch) ycs_i[ch] += rs[ch] + cs[ch] - ns.mean[ch];
-          if (need_t)
-            for (int64_t ch = 0; ch < c; ++ch) yct_i[ch] += rt[ch] + ct[ch] - nt.mean[ch];
+          if (need_s) add_centred(ycs_i, rs, cs, ns.mean.data(), c);
+          if (need_t) add_centred(yct_i, rt, ct, nt.mean.data(), c);
           if (!vp[i * k + kk]) continue;
           float acc_k = 0.f;
           for (int64_t ch = 0; ch < c; ++ch) {
@@ -262,6 +266,12 @@ void check_forward_args(const std::vector<at::Tensor>& side_s, const std::vector
   TORCH_CHECK(phi.dim() == 1 && phi.size(0) == q && phi.scalar_type() == at::kFloat && phi.is_contiguous(),
               "pd_edge_loss: phi must be a contiguous (Q,) float32 tensor");
   TORCH_CHECK(side_t[0].size(0) == side_s[0].size(0), "pd_edge_loss: teacher and student rows differ in count");
+  if (idx.is_cuda()) return;   // the CUDA kernels get idx checked by the Python wrapper (check_pd_args)
+  const int64_t m = side_s[0].size(0);
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  for (int64_t e = 0; e < idx.numel(); ++e) {
+    TORCH_CHECK(ip[e] >= 0 && ip[e] < m, "pd_edge_loss: idx holds ", ip[e], " outside [0, ", m, ")");
+  }
 }
 
 // The CPU forward; with need_s / need_t it also returns the backward's per-query sums (loss_sweep), so the
@@ -272,11 +282,7 @@ std::vector<at::Tensor> forward_cpu(const std::vector<at::Tensor>& side_s, const
                                     double lam, double eps, bool need_s, bool need_t) {
   const int64_t q = idx.size(0), k = idx.size(1);
   const int64_t c = side_s[1].size(1);
-  const int64_t m = side_s[0].size(0);
   const int64_t* ip = idx.data_ptr<int64_t>();
-  for (int64_t e = 0; e < q * k; ++e) {
-    TORCH_CHECK(ip[e] >= 0 && ip[e] < m, "pd_edge_loss: idx holds ", ip[e], " outside [0, ", m, ")");
-  }
   const SideView s = view_of(side_s), t = view_of(side_t);
   at::Tensor stats = moments_both(s, t, ip, q, k, c);
   const double* st = stats.data_ptr<double>();
@@ -335,11 +341,6 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
   const int64_t c = side_s[1].size(1);
   const int64_t m = side_s[0].size(0);
   TORCH_CHECK(stats.numel() == 4 * c, "pd_edge_loss: stats must hold (4, ", c, ") values, got ", stats.sizes());
-  {
-    const int64_t* ip = idx.data_ptr<int64_t>();
-    for (int64_t e = 0; e < q * k; ++e)
-      TORCH_CHECK(ip[e] >= 0 && ip[e] < m, "pd_edge_loss: idx holds ", ip[e], " outside [0, ", m, ")");
-  }
   std::vector<at::Tensor> out(8);
   if (!need_s && !need_t) return out;
   for (int side = 0; side < 2; ++side) {
@@ -402,7 +403,8 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
     const float* yc_q = cache[3 * side + 1].data_ptr<float>();
     for (int64_t i = 0; i < q; ++i)
       for (int64_t ch = 0; ch < c; ++ch)
-        dc[i * c + ch] = cl.gr[ch] * (fcoef * da_q[i * c + ch] - fk * cl.mda[ch] - cl.mday_rstd[ch] * yc_q[i * c + ch]);
+        dc[i * c + ch] =
+            cl.gr[ch] * (fcoef * da_q[i * c + ch] - fk * cl.mda[ch] - cl.mday_rstd[ch] * yc_q[i * c + ch]);
   }
   // the row-major sweep: per neighbour row j, sum_e da(e) and sum_e (y(e) - mean) over its edges in edge order
   std::vector<int64_t> start(static_cast<size_t>(m + 1), 0), order(static_cast<size_t>(n_edges));
@@ -430,10 +432,8 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
         const int64_t i = e / k;
         const float* cs = s.centre + i * c;
         const float* ct = t.centre + i * c;
-        if (need_s)
-          for (int64_t ch = 0; ch < c; ++ch) yc_s[ch] += rs[ch] + cs[ch] - ns.mean[ch];
-        if (need_t)
-          for (int64_t ch = 0; ch < c; ++ch) yc_t[ch] += rt[ch] + ct[ch] - nt.mean[ch];
+        if (need_s) add_centred(yc_s.data(), rs, cs, ns.mean.data(), c);
+        if (need_t) add_centred(yc_t.data(), rt, ct, nt.mean.data(), c);
         if (!vp[e]) continue;
         const float w = pp[i];
         for (int64_t ch = 0; ch < c; ++ch) {
