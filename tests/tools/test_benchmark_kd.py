@@ -382,3 +382,21 @@ def test_methods_filter_keeps_the_teachers_its_runs_need(tmp_path):
     with pytest.raises(BenchmarkError, match="--retrain-teachers trains every teacher"):
         Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="teachers", methods=["none"],
                   zoo_manifest=_manifest(tmp_path))
+
+
+def test_seeds_filter_plans_only_those_seeds_and_keeps_their_configs(tmp_path):
+    kw = dict(families=["centerpoint_pillar"], zoo_manifest=_manifest(tmp_path))
+    full = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", methods=["none", "fitnet"], **kw)
+    part = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", methods=["none", "fitnet"],
+                     seeds=[2, 1], **kw)
+    assert sorted({r.seed for r in part.runs if r.method != "teacher"}) == [1, 2]
+    assert len([r for r in part.runs if r.method != "teacher"]) == 4
+    by_name = {r.name: r for r in full.runs}
+    for run in part.runs:                 # same runs as in the full plan: same config hash, same curve flag
+        assert part.cfg_hash(run) == full.cfg_hash(by_name[run.name]), run.name
+        assert run.curve is False
+    assert by_name["centerpoint_pillar_none_w0.125_s0"].curve is True
+    with pytest.raises(BenchmarkError, match=r"no seeds \[7\]"):
+        Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", seeds=[7], **kw)
+    with pytest.raises(BenchmarkError, match="--seeds selects final runs"):
+        Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="tune", seeds=[0], **kw)

@@ -39,6 +39,9 @@ def parse_args(argv):
     parser.add_argument("--methods", nargs="*", default=None,
                         help="only these methods of each family (e.g. none: the student-alone runs, which need no "
                              "teacher); the report still covers every result present")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None,
+                        help="only these of the preset's seeds (final runs; the student-alone learning curve is "
+                             "evaluated for the preset's first seed only)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--tune", action="store_true", help="run the tuning sweep, evaluated on the tune split")
     mode.add_argument("--retrain-teachers", dest="retrain_teachers", action="store_true",
@@ -96,7 +99,8 @@ def main(argv=None):
             log_file.flush()
 
         bench = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, families=args.family,
-                          zoo_manifest=manifest, results_dir=results_dir, methods=args.methods, device=device)
+                          zoo_manifest=manifest, results_dir=results_dir, methods=args.methods, device=device,
+                          seeds=args.seeds)
         splits = ("tune",) if mode == "tune" else ("val",)
         runner = Runner(bench, device=device, threads=args.threads, jobs=args.jobs, log=log, eval_splits=splits)
         log(f"preset {args.preset}, mode {mode}, families {bench.families}: {len(bench.runs)} runs, "

@@ -93,11 +93,12 @@ class Benchmark:
 
     ``mode``: 'final' (every method with the frozen overrides, every seed), 'tune' (seed ``seeds[0]``, each
     tuning setting) or 'teachers' (train the zoo teachers and their 1.5x-epochs runs). ``families`` restricts the
-    plan to those families.
+    plan to those families, ``methods`` to those methods' runs and ``seeds`` ('final' mode) to those of the
+    preset's seeds.
     """
 
     def __init__(self, preset_name, preset, work_dir, data_dir, mode="final", families=None, zoo_manifest=None,
-                 results_dir=None, methods=None, device="cpu"):
+                 results_dir=None, methods=None, device="cpu", seeds=None):
         if mode not in ("final", "tune", "teachers"):
             raise BenchmarkError(f"benchmark mode must be final, tune or teachers, got {mode!r}")
         self.preset_name = preset_name
@@ -115,6 +116,14 @@ class Benchmark:
         self.results_dir = Path(results_dir).resolve() if results_dir else self.work_dir / "results"
         self.device = device        # training / evaluation device type: a result is reused on the same one only
         self._data_sig = None
+        if seeds is not None:
+            if mode != "final":
+                raise BenchmarkError(f"--seeds selects final runs; mode {mode!r} has its own seeds (tune: "
+                                     f"seeds[0] = {preset['seeds'][0]})")
+            unknown_seeds = sorted(set(seeds) - set(preset["seeds"]))
+            if unknown_seeds:
+                raise BenchmarkError(f"preset {preset_name}: no seeds {unknown_seeds} (has {preset['seeds']})")
+        self.seeds = [s for s in preset["seeds"] if seeds is None or s in seeds]
         self.runs = self._plan()
         if methods:
             known = {m for f in self.families for m in preset["families"][f]["methods"]} | {"teacher"}
@@ -159,7 +168,7 @@ class Benchmark:
                              int(round(1.5 * base.epochs)), longer=True)
                 runs += [base, longer]
             return runs
-        seeds = p["seeds"][:1] if self.mode == "tune" else p["seeds"]
+        seeds = p["seeds"][:1] if self.mode == "tune" else self.seeds
         for family in self.families:
             fam = p["families"][family]
             zoo_teacher = None
@@ -187,7 +196,7 @@ class Benchmark:
                             name = f"{family}_{method}_w{width}_s{seed}" + (f"_{label}" if label else "")
                             run = Run(name, family, method, width, seed, epochs,
                                       teacher=teacher if method != "none" else None, label=label,
-                                      overrides=overrides, curve=(method == "none" and seed == seeds[0]))
+                                      overrides=overrides, curve=(method == "none" and seed == p["seeds"][0]))
                             if run.teacher is not None and not run.teacher.zoo:
                                 run.deps.append(run.teacher)
                             runs.append(run)
