@@ -99,7 +99,9 @@ def test_empty_and_single_row_cases():
 
 @requires_ext
 def test_fused_results_do_not_depend_on_the_thread_count():
-    case = _case(m=400, q=300, k=16, c=8, seed=6, padded=True)
+    # q 1100: four chunks of queries, each scattering into its own row accumulators (the op's num_chunks), on
+    # 400 rows that every chunk reaches; the sums are added in chunk order, whatever the number of threads
+    case = _case(m=400, q=1100, k=16, c=8, seed=6, padded=True)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -111,6 +113,10 @@ def test_fused_results_do_not_depend_on_the_thread_count():
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
     for a, b in zip(one[2], many[2]):
         assert torch.equal(a, b)
+    ref = _run(pd_edge_loss_reference, *case)      # and the chunked sums are the reference's
+    torch.testing.assert_close(one[0], ref[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(one[2], ref[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_bad_arguments_are_named():

@@ -10,10 +10,11 @@ Q*K edges, ``z = relu(gamma * yhat + beta)`` per side, and
 (for the BatchNorm running averages). Gradients flow to rows, centre, gamma and beta of every side that requires
 them (the teacher side only when its graph layer learns). CPU results do not depend on the thread count.
 
-On CPU the training forward (``ext.forward_train``) also keeps the per-query sums of the loss sweep that the
-backward needs (two (Q, C) float32 and one (2, C) float64 tensor per side that needs a gradient), so the backward
-sweeps the edges once more, row-major, and every gradient is closed-form from those sums: two edge sweeps fewer
-than recomputing them per pass.
+On CPU the training forward (``ext.forward_train``) also keeps, for each side that needs a gradient, the sums of
+the loss sweep that the backward needs: per query and per neighbour row, the sums over their edges of the upstream
+gradient and of y - mean (two (Q, C') and two (M, C') float32 tensors, and one (2, C') float64), scattered into one
+row accumulator per fixed chunk of queries and added in chunk order. Every gradient is then closed-form from those
+sums: the backward sweeps no edge. The edge loops are cloned for AVX-512 / AVX2 with run-time dispatch.
 """
 import torch
 from torch.autograd.function import once_differentiable

@@ -7,9 +7,9 @@
 // valid (Q, K), phi (Q,). BatchNorm uses the batch statistics over all Q*K edges (biased variance), as the
 // reference BatchNorm1d over the (Q*K, C) edge matrix in training mode; the loss is
 //     L = lam * sum_{valid (i,k)} phi_i sum_c (z_t - z_s)^2 / max(1, #valid * C),  z = relu(gamma * yhat + beta).
-// Determinism: reductions run over fixed blocks of queries whose partial sums are added in block order, and the
-// gradient of each row is summed over its edges in edge order (a counting sort of idx), so results do not depend
-// on the number of threads.
+// Determinism: reductions run over fixed blocks (chunks) of queries, set by Q alone, whose partial sums are added
+// in block order, and each row's gradient sums are scattered into one accumulator per chunk, added in chunk order,
+// so results do not depend on the number of threads.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -61,9 +61,43 @@ void check_side(const std::vector<at::Tensor>& side, const char* who, int64_t q,
   }
 }
 
-// Per block: sum and sum of squares of y - pivot over the block's edges, per channel (float within a query,
-// double across queries). The pivot (the first edge's value) keeps E[(y-p)^2] - E[y-p]^2 accurate when a channel's
-// mean is large against its spread.
+// Hot loops are cloned for AVX-512 / AVX2 with run-time dispatch (the extension is built without -march); the
+// default clone is plain x86-64. A clone may contract a * b + c into one FMA, so results can differ in the last
+// bits between CPUs, never between runs or thread counts on one CPU.
+#define PCDET_PD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if !defined(__x86_64__) || !defined(__GNUC__) || defined(__clang__) || defined(__CUDACC__)
+#undef PCDET_PD_CLONES
+#define PCDET_PD_CLONES
+#endif
+
+// p1, p2 (C) += per query [i0, i1): the sum over its K edges of y - pivot and of its square (float within a query,
+// double across queries)
+PCDET_PD_CLONES
+void moments_block(const float* rows, const float* centre, const int64_t* idx, const float* pivot, int64_t i0,
+                   int64_t i1, int64_t k, int64_t c, float* s1, float* s2, double* p1, double* p2) {
+  for (int64_t i = i0; i < i1; ++i) {
+    std::fill(s1, s1 + c, 0.f);
+    std::fill(s2, s2 + c, 0.f);
+    const float* ci = centre + i * c;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const float* rj = rows + idx[i * k + kk] * c;
+#pragma GCC ivdep
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const float y = rj[ch] + ci[ch] - pivot[ch];
+        s1[ch] += y;
+        s2[ch] += y * y;
+      }
+    }
+    for (int64_t ch = 0; ch < c; ++ch) {
+      p1[ch] += s1[ch];
+      p2[ch] += s2[ch];
+    }
+  }
+}
+
+// Batch mean and biased variance per channel of y = rows[idx] + centre over all Q*K edges, from fixed blocks of
+// queries added in block order. The pivot (the first edge's value) keeps E[(y-p)^2] - E[y-p]^2 accurate when a
+// channel's mean is large against its spread.
 void edge_moments(const SideView& v, const int64_t* idx, int64_t q, int64_t k, int64_t c, double* mean,
                   double* var) {
   const int64_t nb = (q + kBlock - 1) / kBlock;
@@ -74,24 +108,8 @@ void edge_moments(const SideView& v, const int64_t* idx, int64_t q, int64_t k, i
     std::vector<float> s1(c), s2(c);
     for (int64_t b = b0; b < b1; ++b) {
       double* p1 = part.data() + b * 2 * c;
-      double* p2 = p1 + c;
-      for (int64_t i = b * kBlock; i < std::min(q, (b + 1) * kBlock); ++i) {
-        std::fill(s1.begin(), s1.end(), 0.f);
-        std::fill(s2.begin(), s2.end(), 0.f);
-        const float* ci = v.centre + i * c;
-        for (int64_t kk = 0; kk < k; ++kk) {
-          const float* rj = v.rows + idx[i * k + kk] * c;
-          for (int64_t ch = 0; ch < c; ++ch) {
-            const float y = rj[ch] + ci[ch] - pivot[ch];
-            s1[ch] += y;
-            s2[ch] += y * y;
-          }
-        }
-        for (int64_t ch = 0; ch < c; ++ch) {
-          p1[ch] += s1[ch];
-          p2[ch] += s2[ch];
-        }
-      }
+      moments_block(v.rows, v.centre, idx, pivot.data(), b * kBlock, std::min(q, (b + 1) * kBlock), k, c,
+                    s1.data(), s2.data(), p1, p1 + c);
     }
   });
   const double n = static_cast<double>(q * k);
@@ -144,110 +162,200 @@ at::Tensor moments_both(const SideView& s, const SideView& t, const int64_t* idx
   return stats;
 }
 
-// The loss sweep (query-major), which also gathers what the backward needs (when need_s / need_t):
-// with the unit upstream gradient g = phi_i * (z_s - z_t) on a valid edge (dL/dz_s up to the scalar
-// coef = grad * 2 * lam / denom) and da = g where a > 0 (the teacher's da = -g where a_t > 0), per side
-//   da_q[i] = sum_k da(i, k), yc_q[i] = sum_k (y(i, k) - mean) (every edge: the statistics include invalid ones),
-//   ab = {sum_e da, sum_e da * (y - mean)} (2, C).
+// The loss sweep (query-major) over fixed chunks of queries, which also gathers everything the backward needs for
+// each side that learns. With the unit upstream gradient g = phi_i * (z_s - z_t) on a valid edge (dL/dz_s up to
+// the scalar coef = grad * 2 * lam / denom) and da = g where a > 0 (the teacher's da = -g where a_t > 0):
+//   per query i: da_q[i] = sum_k da(i, k), yc_q[i] = sum_k (y(i, k) - mean) (every edge: the statistics include
+//   invalid ones); per neighbour row j, over the edges e = (i, k) with idx[i, k] = j: da_r[j] = sum_e da(e) and
+//   yc_r[j] = sum_e (y(e) - mean) (every edge); ab = {sum_e da, sum_e da * (y - mean)} (2, C).
+// The row sums are scattered into one (M, C) accumulator per chunk, added in chunk order afterwards: the chunks
+// depend on Q alone, so the sums do not depend on the thread count, and the backward needs no edge sweep.
 // Returns the unscaled loss sum sum_valid phi_i sum_c (z_t - z_s)^2.
-// acc += row + centre - mean over the C channels: one edge's centred pre-activation (both sweeps of the backward's
-// sums add it for every edge, invalid ones included)
-inline void add_centred(float* acc, const float* row, const float* centre, const float* mean, int64_t c) {
-  for (int64_t ch = 0; ch < c; ++ch) acc[ch] += row[ch] + centre[ch] - mean[ch];
-}
+constexpr int64_t kMaxChunks = 8;
+constexpr int64_t kMinChunkQueries = 256;
 
-struct SideGrad {
-  float* da_q = nullptr;   // (Q, C)
-  float* yc_q = nullptr;   // (Q, C)
-  double* ab = nullptr;    // (2, C)
+int64_t num_chunks(int64_t q) { return std::max<int64_t>(1, std::min(kMaxChunks, q / kMinChunkQueries)); }
+
+struct SweepIn {
+  const float *rs, *cs, *rt, *ct;                      // rows (M, C) / centre (Q, C) of the student, the teacher
+  const float *scale_s, *shift_s, *mean_s, *scale_t, *shift_t, *mean_t;   // (C) each: Norm of each side
+  const int64_t* idx;
+  const bool* valid;
+  const float* phi;
+  int64_t q, k, c;
 };
 
-double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const Norm& nt, const int64_t* ip,
-                  const bool* vp, const float* pp, int64_t q, int64_t k, int64_t c, SideGrad gs, SideGrad gt) {
-  const bool need_s = gs.da_q != nullptr, need_t = gt.da_q != nullptr;
-  const int64_t nb = (q + kBlock - 1) / kBlock;
-  std::vector<double> part(static_cast<size_t>(std::max<int64_t>(nb, 1)), 0.0);
-  const bool need_any = need_s || need_t;
-  std::vector<double> abp(need_any ? static_cast<size_t>(std::max<int64_t>(nb, 1) * 4 * c) : 0, 0.0);
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> ab_i(need_any ? 4 * c : 0);
-    for (int64_t b = b0; b < b1; ++b) {
-      double acc = 0.0;
-      double* abb = need_any ? abp.data() + b * 4 * c : nullptr;
-      for (int64_t i = b * kBlock; i < std::min(q, (b + 1) * kBlock); ++i) {
-        float acc_i = 0.f;
-        const float w = pp[i];
-        const float* cs = s.centre + i * c;
-        const float* ct = t.centre + i * c;
-        float* das_i = need_s ? gs.da_q + i * c : nullptr;
-        float* ycs_i = need_s ? gs.yc_q + i * c : nullptr;
-        float* dat_i = need_t ? gt.da_q + i * c : nullptr;
-        float* yct_i = need_t ? gt.yc_q + i * c : nullptr;
-        if (need_any) std::fill(ab_i.begin(), ab_i.end(), 0.f);
-        for (int64_t kk = 0; kk < k; ++kk) {
-          const int64_t j = ip[i * k + kk];
-          const float* rs = s.rows + j * c;
-          const float* rt = t.rows + j * c;
-          if (need_s) add_centred(ycs_i, rs, cs, ns.mean.data(), c);
-          if (need_t) add_centred(yct_i, rt, ct, nt.mean.data(), c);
-          if (!vp[i * k + kk]) continue;
-          float acc_k = 0.f;
-          for (int64_t ch = 0; ch < c; ++ch) {
-            const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
-            const float as = ys * ns.scale[ch] + ns.shift[ch], at_ = yt * nt.scale[ch] + nt.shift[ch];
-            const float zs = std::max(0.f, as), zt = std::max(0.f, at_);
-            const float d = zt - zs;
-            acc_k += d * d;
-            const float g = -w * d;
-            if (need_s && as > 0.f) {
-              das_i[ch] += g;
-              ab_i[ch] += g;
-              ab_i[c + ch] += g * (ys - ns.mean[ch]);
-            }
-            if (need_t && at_ > 0.f) {
-              dat_i[ch] -= g;
-              ab_i[2 * c + ch] -= g;
-              ab_i[3 * c + ch] -= g * (yt - nt.mean[ch]);
-            }
-          }
-          acc_i += acc_k;
-        }
-        acc += static_cast<double>(w) * acc_i;
-        if (need_any)
-          for (int64_t x = 0; x < 4 * c; ++x) abb[x] += ab_i[x];
-      }
-      part[b] = acc;
-    }
-  });
+struct SweepOut {            // per side: da_q, yc_q (Q, C); this chunk's da_r, yc_r (M, C); ab (4, C) of the chunk
+  float *da_q_s, *yc_q_s, *da_r_s, *yc_r_s;
+  float *da_q_t, *yc_q_t, *da_r_t, *yc_r_t;
+  double* ab;                // {sum da_s, sum da_s (y_s - mean_s), sum da_t, sum da_t (y_t - mean_t)}
+};
+
+// queries [i0, i1); lacc (C) and ab_i (4C) are scratch
+template <bool NS, bool NT>
+inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const SweepOut& o, int64_t i0,
+                                                         int64_t i1, float* lacc, float* ab_i) {
+  const int64_t k = a.k, c = a.c;
+  const float *scs = a.scale_s, *shs = a.shift_s, *ms = a.mean_s;
+  const float *sct = a.scale_t, *sht = a.shift_t, *mt = a.mean_t;
   double total = 0.0;
-  for (int64_t b = 0; b < nb; ++b) total += part[b];
-  for (int64_t x = 0; need_any && x < 2 * c; ++x) {
-    double a = 0.0, bt = 0.0;
-    for (int64_t b = 0; b < nb; ++b) {
-      a += abp[b * 4 * c + x];
-      bt += abp[b * 4 * c + 2 * c + x];
+  for (int64_t i = i0; i < i1; ++i) {
+    const float w = a.phi[i];
+    const float* cs = a.cs + i * c;
+    const float* ct = a.ct + i * c;
+    float* das = NS ? o.da_q_s + i * c : nullptr;
+    float* ycs = NS ? o.yc_q_s + i * c : nullptr;
+    float* dat = NT ? o.da_q_t + i * c : nullptr;
+    float* yct = NT ? o.yc_q_t + i * c : nullptr;
+    std::fill(lacc, lacc + c, 0.f);
+    if (NS || NT) std::fill(ab_i, ab_i + 4 * c, 0.f);
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const int64_t j = a.idx[i * k + kk];
+      const float* rs = a.rs + j * c;
+      const float* rt = a.rt + j * c;
+      if (NS) {
+        float* crs = o.yc_r_s + j * c;
+#pragma GCC ivdep
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const float yc = rs[ch] + cs[ch] - ms[ch];
+          ycs[ch] += yc;
+          crs[ch] += yc;
+        }
+      }
+      if (NT) {
+        float* crt = o.yc_r_t + j * c;
+#pragma GCC ivdep
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const float yc = rt[ch] + ct[ch] - mt[ch];
+          yct[ch] += yc;
+          crt[ch] += yc;
+        }
+      }
+      if (!a.valid[i * k + kk]) continue;
+      float* drs = NS ? o.da_r_s + j * c : nullptr;
+      float* drt = NT ? o.da_r_t + j * c : nullptr;
+#pragma GCC ivdep
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
+        const float as = ys * scs[ch] + shs[ch], at_ = yt * sct[ch] + sht[ch];
+        const float zs = as > 0.f ? as : 0.f, zt = at_ > 0.f ? at_ : 0.f;
+        const float d = zt - zs;
+        lacc[ch] += d * d;
+        if (NS) {
+          const float g = as > 0.f ? -w * d : 0.f;
+          das[ch] += g;
+          drs[ch] += g;
+          ab_i[ch] += g;
+          ab_i[c + ch] += g * (ys - ms[ch]);
+        }
+        if (NT) {
+          const float g = at_ > 0.f ? w * d : 0.f;
+          dat[ch] += g;
+          drt[ch] += g;
+          ab_i[2 * c + ch] += g;
+          ab_i[3 * c + ch] += g * (yt - mt[ch]);
+        }
+      }
     }
-    if (need_s) gs.ab[x] = a;
-    if (need_t) gt.ab[x] = bt;
+    float acc_i = 0.f;
+    for (int64_t ch = 0; ch < c; ++ch) acc_i += lacc[ch];
+    total += static_cast<double>(w) * acc_i;
+    if (NS || NT)
+      for (int64_t x = 0; x < 4 * c; ++x) o.ab[x] += ab_i[x];
   }
   return total;
 }
 
-// {da_q (Q, C), yc_q (Q, C), ab (2, C) float64} of one side, zeroed (empty tensors when not needed)
-std::vector<at::Tensor> side_cache(bool need, int64_t q, int64_t c) {
-  const auto f = at::TensorOptions().dtype(at::kFloat);
-  if (!need) return {at::empty({0}, f), at::empty({0}, f), at::empty({0}, f.dtype(at::kDouble))};
-  return {at::zeros({q, c}, f), at::zeros({q, c}, f), at::zeros({2, c}, f.dtype(at::kDouble))};
+PCDET_PD_CLONES
+double sweep_none(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
+  return sweep_impl<false, false>(a, o, i0, i1, lacc, ab_i);
+}
+PCDET_PD_CLONES
+double sweep_student(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
+  return sweep_impl<true, false>(a, o, i0, i1, lacc, ab_i);
+}
+PCDET_PD_CLONES
+double sweep_teacher(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
+  return sweep_impl<false, true>(a, o, i0, i1, lacc, ab_i);
+}
+PCDET_PD_CLONES
+double sweep_both(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
+  return sweep_impl<true, true>(a, o, i0, i1, lacc, ab_i);
 }
 
-SideGrad grad_view(const std::vector<at::Tensor>& cache, bool need) {
-  SideGrad g;
-  if (need) {
-    g.da_q = cache[0].data_ptr<float>();
-    g.yc_q = cache[1].data_ptr<float>();
-    g.ab = cache[2].data_ptr<double>();
+// The backward's cache of one side: {da_q (Q, C), yc_q (Q, C), ab (2, C) float64, da_r (M, C), yc_r (M, C)};
+// empty tensors for a side without gradient.
+constexpr size_t kCachePerSide = 5;
+
+double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const Norm& nt, const int64_t* ip,
+                  const bool* vp, const float* pp, int64_t q, int64_t k, int64_t c, int64_t m, bool need_s,
+                  bool need_t, std::vector<at::Tensor>* cache) {
+  const int64_t nch = num_chunks(q);
+  const int64_t per = (q + nch - 1) / nch;
+  const auto f = at::TensorOptions().dtype(at::kFloat);
+  const auto d = f.dtype(at::kDouble);
+  // per side and chunk: da_r, yc_r accumulators (nch, 2, M, C)
+  at::Tensor acc_s = need_s ? at::zeros({nch, 2, m, c}, f) : at::empty({0}, f);
+  at::Tensor acc_t = need_t ? at::zeros({nch, 2, m, c}, f) : at::empty({0}, f);
+  at::Tensor ab = at::zeros({nch, 4, c}, d);
+  std::vector<at::Tensor> cs_q, ct_q;
+  for (int side = 0; side < 2; ++side) {
+    const bool need = side == 0 ? need_s : need_t;
+    auto& out = side == 0 ? cs_q : ct_q;
+    out = need ? std::vector<at::Tensor>{at::zeros({q, c}, f), at::zeros({q, c}, f)}
+               : std::vector<at::Tensor>{at::empty({0}, f), at::empty({0}, f)};
   }
-  return g;
+  const SweepIn in{s.rows, s.centre, t.rows, t.centre, ns.scale.data(), ns.shift.data(), ns.mean.data(),
+                   nt.scale.data(), nt.shift.data(), nt.mean.data(), ip, vp, pp, q, k, c};
+  std::vector<double> part(static_cast<size_t>(nch), 0.0);
+  at::parallel_for(0, nch, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> lacc(c), ab_i(4 * c);
+    for (int64_t b = b0; b < b1; ++b) {
+      float* as_ = need_s ? acc_s.data_ptr<float>() + b * 2 * m * c : nullptr;
+      float* at_ = need_t ? acc_t.data_ptr<float>() + b * 2 * m * c : nullptr;
+      const SweepOut o{need_s ? cs_q[0].data_ptr<float>() : nullptr, need_s ? cs_q[1].data_ptr<float>() : nullptr,
+                       as_, need_s ? as_ + m * c : nullptr,
+                       need_t ? ct_q[0].data_ptr<float>() : nullptr, need_t ? ct_q[1].data_ptr<float>() : nullptr,
+                       at_, need_t ? at_ + m * c : nullptr, ab.data_ptr<double>() + b * 4 * c};
+      const int64_t i0 = std::min(q, b * per), i1 = std::min(q, (b + 1) * per);
+      auto fn = need_s ? (need_t ? sweep_both : sweep_student) : (need_t ? sweep_teacher : sweep_none);
+      part[b] = fn(in, o, i0, i1, lacc.data(), ab_i.data());
+    }
+  });
+  double total = 0.0;
+  for (int64_t b = 0; b < nch; ++b) total += part[b];
+  if (cache == nullptr) return total;
+  const double* abp = ab.data_ptr<double>();
+  for (int side = 0; side < 2; ++side) {
+    const bool need = side == 0 ? need_s : need_t;
+    auto& q_sums = side == 0 ? cs_q : ct_q;
+    if (!need) {
+      for (size_t x = 0; x < kCachePerSide; ++x) cache->push_back(at::empty({0}, x == 2 ? d : f));
+      continue;
+    }
+    at::Tensor ab_side = at::zeros({2, c}, d);
+    double* abs_ = ab_side.data_ptr<double>();
+    for (int64_t b = 0; b < nch; ++b)
+      for (int64_t x = 0; x < 2 * c; ++x) abs_[x] += abp[b * 4 * c + 2 * c * side + x];
+    at::Tensor da_r = at::empty({m, c}, f), yc_r = at::empty({m, c}, f);
+    const float* acc = (side == 0 ? acc_s : acc_t).data_ptr<float>();
+    float* dr = da_r.data_ptr<float>();
+    float* yr = yc_r.data_ptr<float>();
+    at::parallel_for(0, m, 1024, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t ch = 0; ch < c; ++ch) {
+          float sd = 0.f, sy = 0.f;
+          for (int64_t b = 0; b < nch; ++b) {
+            sd += acc[(b * 2) * m * c + j * c + ch];
+            sy += acc[(b * 2 + 1) * m * c + j * c + ch];
+          }
+          dr[j * c + ch] = sd;
+          yr[j * c + ch] = sy;
+        }
+    });
+    cache->insert(cache->end(), {q_sums[0], q_sums[1], ab_side, da_r, yc_r});
+  }
+  return total;
 }
 
 void check_forward_args(const std::vector<at::Tensor>& side_s, const std::vector<at::Tensor>& side_t,
@@ -274,26 +382,28 @@ void check_forward_args(const std::vector<at::Tensor>& side_s, const std::vector
   }
 }
 
-// The CPU forward; with need_s / need_t it also returns the backward's per-query sums (loss_sweep), so the
-// backward needs one more sweep over the edges only (the row-major one). Returns {loss, stats, then per side
-// (student, teacher) da_q, yc_q, ab}.
+// The CPU forward; with want_cache it also returns the backward's sums of each side that learns (loss_sweep), so
+// the backward sweeps no edge. Returns {loss, stats, then (with want_cache) 5 tensors per side (student, teacher):
+// da_q, yc_q, ab, da_r, yc_r}.
 std::vector<at::Tensor> forward_cpu(const std::vector<at::Tensor>& side_s, const std::vector<at::Tensor>& side_t,
                                     const at::Tensor& idx, const at::Tensor& valid, const at::Tensor& phi,
-                                    double lam, double eps, bool need_s, bool need_t) {
+                                    double lam, double eps, bool need_s, bool need_t, bool want_cache) {
   const int64_t q = idx.size(0), k = idx.size(1);
   const int64_t c = side_s[1].size(1);
+  const int64_t m = side_s[0].size(0);
   const int64_t* ip = idx.data_ptr<int64_t>();
   const SideView s = view_of(side_s), t = view_of(side_t);
   at::Tensor stats = moments_both(s, t, ip, q, k, c);
   const double* st = stats.data_ptr<double>();
   const Norm ns = norm_of(s, st, st + c, c, eps), nt = norm_of(t, st + 2 * c, st + 3 * c, c, eps);
   const bool* vp = valid.data_ptr<bool>();
-  std::vector<at::Tensor> cs = side_cache(need_s, q, c), ct = side_cache(need_t, q, c);
-  const double total = loss_sweep(s, t, ns, nt, ip, vp, phi.data_ptr<float>(), q, k, c, grad_view(cs, need_s),
-                                  grad_view(ct, need_t));
+  std::vector<at::Tensor> out;
+  const double total = loss_sweep(s, t, ns, nt, ip, vp, phi.data_ptr<float>(), q, k, c, m, need_s && want_cache,
+                                  need_t && want_cache, want_cache ? &out : nullptr);
   const double denom = std::max(1.0, static_cast<double>(count_valid(vp, q * k) * c));
   auto loss = at::full({}, static_cast<float>(lam * total / denom), at::TensorOptions().dtype(at::kFloat));
-  return {loss, stats, cs[0], cs[1], cs[2], ct[0], ct[1], ct[2]};
+  out.insert(out.begin(), {loss, stats});
+  return out;
 }
 
 }  // namespace
@@ -309,7 +419,7 @@ std::vector<at::Tensor> pd_edge_loss_forward(const std::vector<at::Tensor>& side
   if (idx.is_cuda()) return pd_edge_loss_forward_cuda(side_s, side_t, idx, valid, phi, lam, eps);
 #endif
   TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: built without CUDA kernels");
-  auto out = forward_cpu(side_s, side_t, idx, valid, phi, lam, eps, false, false);
+  auto out = forward_cpu(side_s, side_t, idx, valid, phi, lam, eps, false, false, false);
   return {out[0], out[1]};
 }
 
@@ -320,14 +430,15 @@ std::vector<at::Tensor> pd_edge_loss_forward_train(const std::vector<at::Tensor>
                                                    double eps, bool need_s, bool need_t) {
   check_forward_args(side_s, side_t, idx, valid, phi);
   TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: forward_train is the CPU path (CUDA: forward / backward)");
-  return forward_cpu(side_s, side_t, idx, valid, phi, lam, eps, need_s, need_t);
+  return forward_cpu(side_s, side_t, idx, valid, phi, lam, eps, need_s, need_t, true);
 }
 
-// The CPU backward from the forward's cache (da_q, yc_q, ab per side): one row-major sweep gathers the same sums
-// per neighbour row j (in edge order: a counting sort of idx), then every gradient is closed-form:
+// The CPU backward from the forward's cache (da_q, yc_q, ab, da_r, yc_r per side): every gradient is closed-form
+// from those sums, with no edge sweep:
 //   dy(e) = gr * (da(e) - mean_e(da) - yhat(e) * mean_e(da * yhat)),  gr = gamma * rstd,  yhat = (y - mean) * rstd
 //   d centre[i] = gr * (da_q[i] - K * mean(da) - rstd * mean(da * yhat) * yc_q[i]), d rows[j] likewise with the
-//   edge count of j, d gamma = sum da * yhat, d beta = sum da (da scaled by coef = grad * 2 * lam / denom).
+//   edge count of j and the row sums, d gamma = sum da * yhat, d beta = sum da (da scaled by
+//   coef = grad * 2 * lam / denom).
 std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss,
                                                      const std::vector<at::Tensor>& side_s,
                                                      const std::vector<at::Tensor>& side_t, const at::Tensor& idx,
@@ -336,7 +447,8 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
                                                      bool need_t, const std::vector<at::Tensor>& cache) {
   TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: backward_cached is the CPU path");
   check_forward_args(side_s, side_t, idx, valid, phi);
-  TORCH_CHECK(cache.size() == 6, "pd_edge_loss: the cache holds 6 tensors, got ", cache.size());
+  TORCH_CHECK(cache.size() == 2 * kCachePerSide, "pd_edge_loss: the cache holds ", 2 * kCachePerSide,
+              " tensors, got ", cache.size());
   const int64_t q = idx.size(0), k = idx.size(1);
   const int64_t c = side_s[1].size(1);
   const int64_t m = side_s[0].size(0);
@@ -345,114 +457,67 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
   if (!need_s && !need_t) return out;
   for (int side = 0; side < 2; ++side) {
     if (!(side == 0 ? need_s : need_t)) continue;
-    const at::Tensor& da_q = cache[3 * side];
-    const at::Tensor& yc_q = cache[3 * side + 1];
-    const at::Tensor& ab = cache[3 * side + 2];
-    TORCH_CHECK(da_q.dim() == 2 && da_q.size(0) == q && da_q.size(1) == c && yc_q.sizes() == da_q.sizes() &&
-                    ab.numel() == 2 * c && da_q.scalar_type() == at::kFloat && yc_q.scalar_type() == at::kFloat &&
-                    ab.scalar_type() == at::kDouble && da_q.is_contiguous() && yc_q.is_contiguous() &&
-                    ab.is_contiguous(),
-                "pd_edge_loss: the cache of the ", side == 0 ? "student" : "teacher",
-                " side does not fit (Q, C) = (", q, ", ", c, "): was the forward run with its gradient needed?");
+    const at::Tensor* cs = cache.data() + kCachePerSide * side;
+    bool fits = cs[2].numel() == 2 * c && cs[2].scalar_type() == at::kDouble && cs[2].is_contiguous();
+    for (int x : {0, 1, 3, 4}) {
+      const int64_t rows = x < 2 ? q : m;
+      fits = fits && cs[x].dim() == 2 && cs[x].size(0) == rows && cs[x].size(1) == c &&
+             cs[x].scalar_type() == at::kFloat && cs[x].is_contiguous();
+    }
+    TORCH_CHECK(fits, "pd_edge_loss: the cache of the ", side == 0 ? "student" : "teacher",
+                " side does not fit (Q, C) = (", q, ", ", c, "), (M, C) = (", m, ", ", c,
+                "): was the forward run with its gradient needed?");
   }
   const SideView s = view_of(side_s), t = view_of(side_t);
   const auto stats_c = stats.to(at::kDouble).contiguous();
   const double* st = stats_c.data_ptr<double>();
-  const int64_t* ip = idx.data_ptr<int64_t>();
   const bool* vp = valid.data_ptr<bool>();
-  const float* pp = phi.data_ptr<float>();
   const int64_t n_edges = q * k;
   const double denom = std::max(1.0, static_cast<double>(count_valid(vp, n_edges) * c));
   const double coef = grad_loss.item<double>() * 2.0 * lam / denom;
   const Norm ns = norm_of(s, st, st + c, c, eps), nt = norm_of(t, st + 2 * c, st + 3 * c, c, eps);
   auto opts = side_s[0].options();
   const double n = static_cast<double>(std::max<int64_t>(n_edges, 1));
-
-  // per side: mean(da), rstd * mean(da * yhat) (the factor of sum (y - mean)), gr = gamma * rstd; writes d gamma,
-  // d beta
-  struct Closed {
-    std::vector<float> mda, mday_rstd, gr;
-  };
-  auto closed = [&](const Norm& nm, const double* ab, int64_t base) {
-    Closed cl{std::vector<float>(c), std::vector<float>(c), std::vector<float>(c)};
-    out[base + 2] = at::empty({c}, opts);
-    out[base + 3] = at::empty({c}, opts);
+  const float fcoef = static_cast<float>(coef);
+  const float fk = static_cast<float>(k);
+  std::vector<float> cnt(static_cast<size_t>(m), 0.f);
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  for (int64_t e = 0; e < n_edges; ++e) cnt[ip[e]] += 1.f;
+  for (int side = 0; side < 2; ++side) {
+    if (!(side == 0 ? need_s : need_t)) continue;
+    const Norm& nm = side == 0 ? ns : nt;
+    const at::Tensor* cs = cache.data() + kCachePerSide * side;
+    const double* ab = cs[2].data_ptr<double>();
+    // mean(da), rstd * mean(da * yhat) (the factor of sum (y - mean)), gr = gamma * rstd; d gamma, d beta
+    std::vector<float> mda(c), mday_rstd(c), gr(c);
+    at::Tensor dgamma = at::empty({c}, opts), dbeta = at::empty({c}, opts);
     for (int64_t ch = 0; ch < c; ++ch) {
       const double sum_da = coef * ab[ch];
       const double sum_day = coef * ab[c + ch] * nm.rstd[ch];
-      out[base + 2].data_ptr<float>()[ch] = static_cast<float>(sum_day);
-      out[base + 3].data_ptr<float>()[ch] = static_cast<float>(sum_da);
-      cl.mda[ch] = static_cast<float>(sum_da / n);
-      cl.mday_rstd[ch] = static_cast<float>(sum_day / n * nm.rstd[ch]);
-      cl.gr[ch] = nm.gamma[ch] * nm.rstd[ch];
+      dgamma.data_ptr<float>()[ch] = static_cast<float>(sum_day);
+      dbeta.data_ptr<float>()[ch] = static_cast<float>(sum_da);
+      mda[ch] = static_cast<float>(sum_da / n);
+      mday_rstd[ch] = static_cast<float>(sum_day / n * nm.rstd[ch]);
+      gr[ch] = nm.gamma[ch] * nm.rstd[ch];
     }
-    return cl;
-  };
-  Closed cls, clt;
-  if (need_s) cls = closed(ns, cache[2].data_ptr<double>(), 0);
-  if (need_t) clt = closed(nt, cache[5].data_ptr<double>(), 4);
-  const float fcoef = static_cast<float>(coef);
-  const float fk = static_cast<float>(k);
-  // d centre from the forward's per-query sums
-  for (int side = 0; side < 2; ++side) {
-    if (!(side == 0 ? need_s : need_t)) continue;
-    const Closed& cl = side == 0 ? cls : clt;
-    out[4 * side + 1] = at::empty({q, c}, opts);
-    float* dc = out[4 * side + 1].data_ptr<float>();
-    const float* da_q = cache[3 * side].data_ptr<float>();
-    const float* yc_q = cache[3 * side + 1].data_ptr<float>();
-    for (int64_t i = 0; i < q; ++i)
-      for (int64_t ch = 0; ch < c; ++ch)
-        dc[i * c + ch] =
-            cl.gr[ch] * (fcoef * da_q[i * c + ch] - fk * cl.mda[ch] - cl.mday_rstd[ch] * yc_q[i * c + ch]);
-  }
-  // the row-major sweep: per neighbour row j, sum_e da(e) and sum_e (y(e) - mean) over its edges in edge order
-  std::vector<int64_t> start(static_cast<size_t>(m + 1), 0), order(static_cast<size_t>(n_edges));
-  for (int64_t e = 0; e < n_edges; ++e) ++start[ip[e] + 1];
-  for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
-  {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < n_edges; ++e) order[fill[ip[e]]++] = e;
-  }
-  if (need_s) out[0] = at::empty({m, c}, opts);
-  if (need_t) out[4] = at::empty({m, c}, opts);
-  float* drs = need_s ? out[0].data_ptr<float>() : nullptr;
-  float* drt = need_t ? out[4].data_ptr<float>() : nullptr;
-  at::parallel_for(0, m, 256, [&](int64_t j0, int64_t j1) {
-    std::vector<float> da_s(c), yc_s(c), da_t(c), yc_t(c);
-    for (int64_t j = j0; j < j1; ++j) {
-      std::fill(da_s.begin(), da_s.end(), 0.f);
-      std::fill(yc_s.begin(), yc_s.end(), 0.f);
-      std::fill(da_t.begin(), da_t.end(), 0.f);
-      std::fill(yc_t.begin(), yc_t.end(), 0.f);
-      const float* rs = s.rows + j * c;
-      const float* rt = t.rows + j * c;
-      for (int64_t p = start[j]; p < start[j + 1]; ++p) {
-        const int64_t e = order[p];
-        const int64_t i = e / k;
-        const float* cs = s.centre + i * c;
-        const float* ct = t.centre + i * c;
-        if (need_s) add_centred(yc_s.data(), rs, cs, ns.mean.data(), c);
-        if (need_t) add_centred(yc_t.data(), rt, ct, nt.mean.data(), c);
-        if (!vp[e]) continue;
-        const float w = pp[i];
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const float as = (rs[ch] + cs[ch]) * ns.scale[ch] + ns.shift[ch];
-          const float at_ = (rt[ch] + ct[ch]) * nt.scale[ch] + nt.shift[ch];
-          const float g = w * (std::max(0.f, as) - std::max(0.f, at_));
-          if (need_s && as > 0.f) da_s[ch] += g;
-          if (need_t && at_ > 0.f) da_t[ch] -= g;
-        }
+    // d centre (per query, K edges each) and d rows (per row, cnt edges each) from their sums
+    auto closed_form = [&](const at::Tensor& da, const at::Tensor& yc, int64_t len, const float* count) {
+      at::Tensor g = at::empty({len, c}, opts);
+      float* gp = g.data_ptr<float>();
+      const float* dp = da.data_ptr<float>();
+      const float* yp = yc.data_ptr<float>();
+      for (int64_t r = 0; r < len; ++r) {
+        const float nr = count == nullptr ? fk : count[r];
+        for (int64_t ch = 0; ch < c; ++ch)
+          gp[r * c + ch] = gr[ch] * (fcoef * dp[r * c + ch] - nr * mda[ch] - mday_rstd[ch] * yp[r * c + ch]);
       }
-      const float cnt = static_cast<float>(start[j + 1] - start[j]);
-      if (need_s)
-        for (int64_t ch = 0; ch < c; ++ch)
-          drs[j * c + ch] = cls.gr[ch] * (fcoef * da_s[ch] - cnt * cls.mda[ch] - cls.mday_rstd[ch] * yc_s[ch]);
-      if (need_t)
-        for (int64_t ch = 0; ch < c; ++ch)
-          drt[j * c + ch] = clt.gr[ch] * (fcoef * da_t[ch] - cnt * clt.mda[ch] - clt.mday_rstd[ch] * yc_t[ch]);
-    }
-  });
+      return g;
+    };
+    out[4 * side + 0] = closed_form(cs[3], cs[4], m, cnt.data());
+    out[4 * side + 1] = closed_form(cs[0], cs[1], q, nullptr);
+    out[4 * side + 2] = dgamma;
+    out[4 * side + 3] = dbeta;
+  }
   return out;
 }
 
@@ -476,11 +541,11 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
   const auto stats_c = stats.to(at::kDouble).contiguous();
   const double* st = stats_c.data_ptr<double>();
   const Norm ns = norm_of(s, st, st + c, c, eps), nt = norm_of(t, st + 2 * c, st + 3 * c, c, eps);
-  std::vector<at::Tensor> cs = side_cache(need_s, q, c), ct = side_cache(need_t, q, c);
+  std::vector<at::Tensor> cache;
   loss_sweep(s, t, ns, nt, idx.data_ptr<int64_t>(), valid.data_ptr<bool>(), phi.data_ptr<float>(), q, k, c,
-             grad_view(cs, need_s), grad_view(ct, need_t));
+             side_s[0].size(0), need_s, need_t, &cache);
   return pd_edge_loss_backward_cached(grad_loss, side_s, side_t, idx, valid, phi, stats, lam, eps, need_s, need_t,
-                                      {cs[0], cs[1], cs[2], ct[0], ct[1], ct[2]});
+                                      cache);
 }
 
 bool with_cuda() {
