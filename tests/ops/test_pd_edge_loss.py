@@ -99,7 +99,7 @@ def test_empty_and_single_row_cases():
 
 @requires_ext
 def test_fused_results_do_not_depend_on_the_thread_count():
-    # q 1100: four chunks of queries, each scattering into its own row accumulators (the op's num_chunks), on
+    # q 1100: eight chunks of queries, each scattering into its own row accumulators (the op's num_chunks), on
     # 400 rows that every chunk reaches; the sums are added in chunk order, whatever the number of threads
     case = _case(m=400, q=1100, k=16, c=8, seed=6, padded=True)
     threads = torch.get_num_threads()
@@ -134,9 +134,9 @@ def test_bad_arguments_are_named():
 @requires_ext
 @pytest.mark.parametrize("need", ["both", "student", "teacher"])
 def test_cached_backward_equals_the_recomputing_backward(need):
-    # the CPU forward keeps the loss sweep's per-query sums for the backward (one sweep fewer); the backward
-    # without them (ext.backward, which reruns that sweep) gives the same gradients bit for bit, for every side
-    # that needs them, and the autograd path equals the reference
+    # the CPU forward keeps the loss sweep's per-query and per-row sums for the backward (which then sweeps no
+    # edge); the backward without them (ext.backward, which reruns that sweep) gives the same gradients bit for
+    # bit, for every side that needs them, and the autograd path equals the reference
     ext = _loader.load_extension(EXT_NAME)
     if not hasattr(ext, "forward_train"):
         pytest.skip(f"{EXT_NAME} predates forward_train: rebuild (pip install --no-build-isolation -e .)")
@@ -167,3 +167,8 @@ def test_cached_backward_equals_the_recomputing_backward(need):
     _, _, *no_cache = ext.forward_train(f32[:4], f32[4:], idx, valid, phi, 2.0, 1e-5, False, False)
     with pytest.raises(RuntimeError, match="cache of the student side does not fit"):
         ext.backward_cached(grad, f32[:4], f32[4:], idx, valid, phi, stats, 2.0, 1e-5, True, False, no_cache)
+    # the recomputing backward checks its arguments before its sweep, which scatters into the rows of idx
+    with pytest.raises(RuntimeError, match="idx holds 80 outside"):
+        ext.backward(grad, f32[:4], f32[4:], idx.clamp(max=0) + 80, valid, phi, stats, 2.0, 1e-5, True, False)
+    with pytest.raises(RuntimeError, match="stats must hold"):
+        ext.backward(grad, f32[:4], f32[4:], idx, valid, phi, stats[:2], 2.0, 1e-5, True, False)

@@ -162,19 +162,17 @@ at::Tensor moments_both(const SideView& s, const SideView& t, const int64_t* idx
   return stats;
 }
 
-// The loss sweep (query-major) over fixed chunks of queries, which also gathers everything the backward needs for
-// each side that learns. With the unit upstream gradient g = phi_i * (z_s - z_t) on a valid edge (dL/dz_s up to
-// the scalar coef = grad * 2 * lam / denom) and da = g where a > 0 (the teacher's da = -g where a_t > 0):
-//   per query i: da_q[i] = sum_k da(i, k), yc_q[i] = sum_k (y(i, k) - mean) (every edge: the statistics include
-//   invalid ones); per neighbour row j, over the edges e = (i, k) with idx[i, k] = j: da_r[j] = sum_e da(e) and
-//   yc_r[j] = sum_e (y(e) - mean) (every edge); ab = {sum_e da, sum_e da * (y - mean)} (2, C).
-// The row sums are scattered into one (M, C) accumulator per chunk, added in chunk order afterwards: the chunks
-// depend on Q alone, so the sums do not depend on the thread count, and the backward needs no edge sweep.
-// Returns the unscaled loss sum sum_valid phi_i sum_c (z_t - z_s)^2.
-constexpr int64_t kMaxChunks = 8;
-constexpr int64_t kMinChunkQueries = 256;
+// Chunks of queries of the loss sweep: a function of (Q, K, M) alone, so the sums do not depend on the thread
+// count; at least 128 queries a chunk, at most 16 chunks, and the per-chunk (M, C) row accumulators (2 per side
+// that learns) hold at most as many values as the sweep has edge channels (Q K C).
+constexpr int64_t kMaxChunks = 16;
+constexpr int64_t kMinChunkQueries = 128;
 
-int64_t num_chunks(int64_t q) { return std::max<int64_t>(1, std::min(kMaxChunks, q / kMinChunkQueries)); }
+int64_t num_chunks(int64_t q, int64_t k, int64_t m) {
+  const int64_t by_queries = q / kMinChunkQueries;
+  const int64_t by_memory = (q * k) / std::max<int64_t>(1, 2 * m);
+  return std::max<int64_t>(1, std::min({kMaxChunks, by_queries, by_memory}));
+}
 
 struct SweepIn {
   const float *rs, *cs, *rt, *ct;                      // rows (M, C) / centre (Q, C) of the student, the teacher
@@ -287,10 +285,20 @@ double sweep_both(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, f
 // empty tensors for a side without gradient.
 constexpr size_t kCachePerSide = 5;
 
+// The loss sweep (query-major) over fixed chunks of queries, which also gathers everything the backward needs for
+// each side that learns. With the unit upstream gradient g = phi_i * (z_s - z_t) on a valid edge (dL/dz_s up to
+// the scalar coef = grad * 2 * lam / denom) and da = g where a > 0 (the teacher's da = -g where a_t > 0):
+//   per query i: da_q[i] = sum_k da(i, k), yc_q[i] = sum_k (y(i, k) - mean) (every edge: the statistics include
+//   invalid ones); per neighbour row j, over the edges e = (i, k) with idx[i, k] = j: da_r[j] = sum_e da(e) and
+//   yc_r[j] = sum_e (y(e) - mean) (every edge); ab = {sum_e da, sum_e da * (y - mean)} (2, C).
+// The row sums are scattered into one (M, C) accumulator per chunk, added in chunk order afterwards: the chunks
+// depend on (Q, K, M) alone (num_chunks), so the sums do not depend on the thread count, and the backward needs no
+// edge sweep.
+// Returns the unscaled loss sum sum_valid phi_i sum_c (z_t - z_s)^2.
 double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const Norm& nt, const int64_t* ip,
                   const bool* vp, const float* pp, int64_t q, int64_t k, int64_t c, int64_t m, bool need_s,
                   bool need_t, std::vector<at::Tensor>* cache) {
-  const int64_t nch = num_chunks(q);
+  const int64_t nch = num_chunks(q, k, m);
   const int64_t per = (q + nch - 1) / nch;
   const auto f = at::TensorOptions().dtype(at::kFloat);
   const auto d = f.dtype(at::kDouble);
@@ -341,17 +349,17 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
     const float* acc = (side == 0 ? acc_s : acc_t).data_ptr<float>();
     float* dr = da_r.data_ptr<float>();
     float* yr = yc_r.data_ptr<float>();
-    at::parallel_for(0, m, 1024, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t ch = 0; ch < c; ++ch) {
-          float sd = 0.f, sy = 0.f;
-          for (int64_t b = 0; b < nch; ++b) {
-            sd += acc[(b * 2) * m * c + j * c + ch];
-            sy += acc[(b * 2 + 1) * m * c + j * c + ch];
-          }
-          dr[j * c + ch] = sd;
-          yr[j * c + ch] = sy;
-        }
+    // chunk 0, then chunks 1.. added in order over contiguous ranges of rows
+    at::parallel_for(0, m, 512, [&](int64_t j0, int64_t j1) {
+      const int64_t x0 = j0 * c, x1 = j1 * c;
+      std::copy(acc + x0, acc + x1, dr + x0);
+      std::copy(acc + m * c + x0, acc + m * c + x1, yr + x0);
+      for (int64_t b = 1; b < nch; ++b) {
+        const float* ad = acc + b * 2 * m * c;
+        const float* ay = ad + m * c;
+        for (int64_t x = x0; x < x1; ++x) dr[x] += ad[x];
+        for (int64_t x = x0; x < x1; ++x) yr[x] += ay[x];
+      }
     });
     cache->insert(cache->end(), {q_sums[0], q_sums[1], ab_side, da_r, yc_r});
   }
@@ -423,7 +431,8 @@ std::vector<at::Tensor> pd_edge_loss_forward(const std::vector<at::Tensor>& side
   return {out[0], out[1]};
 }
 
-// CPU forward for training: {loss, stats, cache (6 tensors)}; pass the cache to backward_cached.
+// CPU forward for training: {loss, stats, cache (5 tensors per side: da_q, yc_q, ab, da_r, yc_r)}; pass the
+// cache to backward_cached.
 std::vector<at::Tensor> pd_edge_loss_forward_train(const std::vector<at::Tensor>& side_s,
                                                    const std::vector<at::Tensor>& side_t, const at::Tensor& idx,
                                                    const at::Tensor& valid, const at::Tensor& phi, double lam,
@@ -458,11 +467,12 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
   for (int side = 0; side < 2; ++side) {
     if (!(side == 0 ? need_s : need_t)) continue;
     const at::Tensor* cs = cache.data() + kCachePerSide * side;
-    bool fits = cs[2].numel() == 2 * c && cs[2].scalar_type() == at::kDouble && cs[2].is_contiguous();
+    bool fits = cs[2].numel() == 2 * c && cs[2].scalar_type() == at::kDouble && cs[2].is_contiguous() &&
+                cs[2].device().is_cpu();
     for (int x : {0, 1, 3, 4}) {
       const int64_t rows = x < 2 ? q : m;
       fits = fits && cs[x].dim() == 2 && cs[x].size(0) == rows && cs[x].size(1) == c &&
-             cs[x].scalar_type() == at::kFloat && cs[x].is_contiguous();
+             cs[x].scalar_type() == at::kFloat && cs[x].is_contiguous() && cs[x].device().is_cpu();
     }
     TORCH_CHECK(fits, "pd_edge_loss: the cache of the ", side == 0 ? "student" : "teacher",
                 " side does not fit (Q, C) = (", q, ", ", c, "), (M, C) = (", m, ", ", c,
@@ -480,9 +490,9 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
   const double n = static_cast<double>(std::max<int64_t>(n_edges, 1));
   const float fcoef = static_cast<float>(coef);
   const float fk = static_cast<float>(k);
-  std::vector<float> cnt(static_cast<size_t>(m), 0.f);
+  std::vector<int64_t> cnt(static_cast<size_t>(m), 0);   // edges per row (every edge)
   const int64_t* ip = idx.data_ptr<int64_t>();
-  for (int64_t e = 0; e < n_edges; ++e) cnt[ip[e]] += 1.f;
+  for (int64_t e = 0; e < n_edges; ++e) ++cnt[ip[e]];
   for (int side = 0; side < 2; ++side) {
     if (!(side == 0 ? need_s : need_t)) continue;
     const Norm& nm = side == 0 ? ns : nt;
@@ -501,16 +511,18 @@ std::vector<at::Tensor> pd_edge_loss_backward_cached(const at::Tensor& grad_loss
       gr[ch] = nm.gamma[ch] * nm.rstd[ch];
     }
     // d centre (per query, K edges each) and d rows (per row, cnt edges each) from their sums
-    auto closed_form = [&](const at::Tensor& da, const at::Tensor& yc, int64_t len, const float* count) {
+    auto closed_form = [&](const at::Tensor& da, const at::Tensor& yc, int64_t len, const int64_t* count) {
       at::Tensor g = at::empty({len, c}, opts);
       float* gp = g.data_ptr<float>();
       const float* dp = da.data_ptr<float>();
       const float* yp = yc.data_ptr<float>();
-      for (int64_t r = 0; r < len; ++r) {
-        const float nr = count == nullptr ? fk : count[r];
-        for (int64_t ch = 0; ch < c; ++ch)
-          gp[r * c + ch] = gr[ch] * (fcoef * dp[r * c + ch] - nr * mda[ch] - mday_rstd[ch] * yp[r * c + ch]);
-      }
+      at::parallel_for(0, len, 256, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const float nr = count == nullptr ? fk : static_cast<float>(count[r]);
+          for (int64_t ch = 0; ch < c; ++ch)
+            gp[r * c + ch] = gr[ch] * (fcoef * dp[r * c + ch] - nr * mda[ch] - mday_rstd[ch] * yp[r * c + ch]);
+        }
+      });
       return g;
     };
     out[4 * side + 0] = closed_form(cs[3], cs[4], m, cnt.data());
@@ -534,9 +546,11 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
     return pd_edge_loss_backward_cuda(grad_loss, side_s, side_t, idx, valid, phi, stats, lam, eps, need_s, need_t);
 #endif
   TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: built without CUDA kernels");
+  check_forward_args(side_s, side_t, idx, valid, phi);   // before the sweep, which scatters into rows of idx
   if (!need_s && !need_t) return std::vector<at::Tensor>(8);
   const int64_t q = idx.size(0), k = idx.size(1);
   const int64_t c = side_s[1].size(1);
+  TORCH_CHECK(stats.numel() == 4 * c, "pd_edge_loss: stats must hold (4, ", c, ") values, got ", stats.sizes());
   const SideView s = view_of(side_s), t = view_of(side_t);
   const auto stats_c = stats.to(at::kDouble).contiguous();
   const double* st = stats_c.data_ptr<double>();
