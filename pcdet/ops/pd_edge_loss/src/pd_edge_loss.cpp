@@ -189,6 +189,17 @@ struct SweepOut {            // per side: da_q, yc_q (Q, C); this chunk's da_r, 
   double* ab;                // {sum da_s, sum da_s (y_s - mean_s), sum da_t, sum da_t (y_t - mean_t)}
 };
 
+// y - mean of one edge (row + centre - mean) added to its query's and its row's sums (every edge, invalid ones too)
+inline __attribute__((always_inline)) void add_centred(float* yc_query, float* yc_row, const float* row,
+                                                        const float* centre, const float* mean, int64_t c) {
+#pragma GCC ivdep
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const float yc = row[ch] + centre[ch] - mean[ch];
+    yc_query[ch] += yc;
+    yc_row[ch] += yc;
+  }
+}
+
 // queries [i0, i1); lacc (C) and ab_i (4C) are scratch
 template <bool NS, bool NT>
 inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const SweepOut& o, int64_t i0,
@@ -211,24 +222,8 @@ inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const 
       const int64_t j = a.idx[i * k + kk];
       const float* rs = a.rs + j * c;
       const float* rt = a.rt + j * c;
-      if (NS) {
-        float* crs = o.yc_r_s + j * c;
-#pragma GCC ivdep
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const float yc = rs[ch] + cs[ch] - ms[ch];
-          ycs[ch] += yc;
-          crs[ch] += yc;
-        }
-      }
-      if (NT) {
-        float* crt = o.yc_r_t + j * c;
-#pragma GCC ivdep
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const float yc = rt[ch] + ct[ch] - mt[ch];
-          yct[ch] += yc;
-          crt[ch] += yc;
-        }
-      }
+      if (NS) add_centred(ycs, o.yc_r_s + j * c, rs, cs, ms, c);
+      if (NT) add_centred(yct, o.yc_r_t + j * c, rt, ct, mt, c);
       if (!a.valid[i * k + kk]) continue;
       float* drs = NS ? o.da_r_s + j * c : nullptr;
       float* drt = NT ? o.da_r_t + j * c : nullptr;
