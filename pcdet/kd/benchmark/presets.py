@@ -121,6 +121,11 @@ PRESETS = {
                 {"label": "default", "overrides": {"AE": {"WEIGHT": 0.5}, "KD": {"DET_LOSS_WEIGHT": 0.5}}},
                 {"label": "ae5", "overrides": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 0.5}}},
                 {"label": "ae5_det1", "overrides": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}},
+                # ablations of the frozen setting (added 2026-12-03 after the val table, before their runs; tune
+                # split only, they choose nothing): the auto-encoder terms alone, the attention terms alone
+                {"label": "ae5_det1_no_attn", "overrides": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0},
+                                                            "ATTN": {"ENABLED": False}}},
+                {"label": "attn_only_det1", "overrides": {"AE": {"WEIGHT": 0.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}},
             ]},
         },
     ),
