@@ -69,7 +69,7 @@ class _PDEdgeLoss(torch.autograd.Function):
         phi = phi.detach().float().contiguous()
         need = [grad_enabled and n for n in ctx.needs_input_grad[6:]]
         ctx.cached = idx.device.type == "cpu" and hasattr(ext, "forward_train")   # False: a build before it
-        if ctx.cached:   # the loss sweep also gathers the backward's per-query and per-row sums: the backward sweeps no edge
+        if ctx.cached:   # the loss sweep also gathers the backward's per-query and per-row sums: no edge sweep
             loss, stats, *cache = ext.forward_train(side_s, side_t, idx, valid, phi, lam, eps, any(need[:4]),
                                                     any(need[4:]))
         else:

@@ -311,6 +311,7 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
   const SweepIn in{s.rows, s.centre, t.rows, t.centre, ns.scale.data(), ns.shift.data(), ns.mean.data(),
                    nt.scale.data(), nt.shift.data(), nt.mean.data(), ip, vp, pp, q, k, c};
   std::vector<double> part(static_cast<size_t>(nch), 0.0);
+  const auto fn = need_s ? (need_t ? sweep_both : sweep_student) : (need_t ? sweep_teacher : sweep_none);
   at::parallel_for(0, nch, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> lacc(c), ab_i(4 * c);
     for (int64_t b = b0; b < b1; ++b) {
@@ -321,7 +322,6 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
                        need_t ? ct_q[0].data_ptr<float>() : nullptr, need_t ? ct_q[1].data_ptr<float>() : nullptr,
                        at_, need_t ? at_ + m * c : nullptr, ab.data_ptr<double>() + b * 4 * c};
       const int64_t i0 = std::min(q, b * per), i1 = std::min(q, (b + 1) * per);
-      auto fn = need_s ? (need_t ? sweep_both : sweep_student) : (need_t ? sweep_teacher : sweep_none);
       part[b] = fn(in, o, i0, i1, lacc.data(), ab_i.data());
     }
   });
