@@ -14,8 +14,8 @@ def brute_force(features, batch_idx, k, query_index):
     f = features.double()
     idx, valid = [], []
     for i in query_index.tolist():
-        rows = [j for j in range(f.shape[0]) if batch_idx[j] == batch_idx[i]]
-        ranked = sorted(rows, key=lambda j: (float(((f[i] - f[j]) ** 2).sum()), j))[:k]
+        rows = (batch_idx == batch_idx[i]).nonzero().squeeze(1)   # ascending: a stable sort breaks ties by row
+        ranked = rows[torch.argsort(((f[rows] - f[i]) ** 2).sum(1), stable=True)][:k].tolist()
         idx.append(ranked + [i] * (k - len(ranked)))
         valid.append([True] * len(ranked) + [False] * (k - len(ranked)))
     return torch.tensor(idx, dtype=torch.long).view(-1, k), torch.tensor(valid).view(-1, k)
@@ -150,6 +150,74 @@ def test_float64_and_tie_heavy_integer_features_with_sampling():
     _check_both_screens(f64, torch.zeros(500, dtype=torch.long), 25, torch.randperm(500)[:80], tile=16)
     ints = integer_features(600, 16, low=-1, high=2)   # many exact ties at every distance
     _check_both_screens(ints, torch.randint(0, 2, (600,)), 40, torch.randperm(600)[:100], tile=16)
+
+
+def _tree_and_gemm(features, batch, k, query):
+    tree = knn_in_scans(features, batch, k, query, algorithm="tree")
+    gemm = knn_in_scans(features, batch, k, query, algorithm="gemm")
+    assert torch.equal(tree[0], gemm[0]) and torch.equal(tree[1], gemm[1])
+    return tree
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+@pytest.mark.parametrize("channels", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, 7, 40, 300])
+def test_tree_path_is_the_brute_force_on_tie_heavy_scans_with_gaps(channels, k):
+    # small-integer coordinates: exact distances, many ties; scans of ~700 rows (trees several levels deep), an
+    # empty scan, a single-row scan, unsorted batch indices; k 300 exceeds the smaller scans
+    torch.manual_seed(10 + channels)
+    features = integer_features(1500, channels, low=-4, high=5)
+    batch = scans_with_gaps(1500, num_scans=5)
+    others = (batch != 3).nonzero().squeeze(1)
+    batch[others[torch.randperm(others.numel())[:400]]] = 2
+    query = torch.randperm(1500)[:120]
+    query[0] = int((batch == 3).nonzero()[0])   # the single-row scan
+    idx, valid = _tree_and_gemm(features, batch, k, query)
+    want_idx, want_valid = brute_force(features, batch, k, query)
+    assert torch.equal(valid, want_valid)
+    assert torch.equal(idx, want_idx)
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_tree_path_with_duplicate_clusters_continuous_float64_and_many_channels():
+    torch.manual_seed(11)
+    # 200 copies of one point (more than a leaf: the median splits cut through equal values) among spread points
+    xyz = torch.randn(3000, 3) * 20
+    xyz[torch.randperm(3000)[:200]] = torch.tensor([1.5, -2.0, 0.25])
+    query = torch.randperm(3000)[:150]
+    idx, _ = _tree_and_gemm(xyz, torch.zeros(3000, dtype=torch.long), 64, query)
+    want, _ = brute_force(xyz, torch.zeros(3000, dtype=torch.long), 64, query)
+    assert torch.equal(idx, want)
+    # continuous float64 coordinates, and the tree forced on 8 channels (its row-major leaf path)
+    f64 = torch.randn(2500, 3, dtype=torch.float64)
+    batch = torch.randint(0, 2, (2500,))
+    _tree_and_gemm(f64, batch, 33, torch.randperm(2500)[:200])
+    ints8 = integer_features(1200, 8, low=-1, high=2)
+    idx8, _ = _tree_and_gemm(ints8, torch.zeros(1200, dtype=torch.long), 25, torch.arange(0, 1200, 13))
+    want8, _ = brute_force(ints8, torch.zeros(1200, dtype=torch.long), 25, torch.arange(0, 1200, 13))
+    assert torch.equal(idx8, want8)
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_tree_path_is_the_default_for_xyz_and_independent_of_threads():
+    torch.manual_seed(12)
+    xyz = torch.rand(4000, 3) * torch.tensor([70.0, 80.0, 4.0])
+    batch = torch.sort(torch.randint(0, 3, (4000,))).values
+    query = torch.randperm(4000)[:500]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = knn_in_scans(xyz, batch, 48, query)
+        torch.set_num_threads(2)
+        two = knn_in_scans(xyz, batch, 48, query)
+    finally:
+        torch.set_num_threads(threads)
+    tree = knn_in_scans(xyz, batch, 48, query, algorithm="tree")
+    assert torch.equal(one[0], two[0]) and torch.equal(one[0], tree[0])
+    d = ((xyz[one[0]] - xyz[query][:, None]) ** 2).sum(-1)
+    assert bool((d[:, 1:] >= d[:, :-1]).all())   # ascending
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        knn_in_scans(xyz, batch, 4, algorithm="kdtree")
 
 
 @pytest.mark.parametrize("use_reference", PATHS)

@@ -36,8 +36,11 @@ def _low_precision_default(features):
     return cpu_has_native_bf16()
 
 
+KNN_ALGORITHMS = ("auto", "gemm", "tree")
+
+
 def knn_in_scans(features, batch_idx, k, query_index=None, tile=DEFAULT_TILE, use_reference=False,
-                 low_precision=None):
+                 low_precision=None, algorithm="auto"):
     """k nearest rows of the same scan for each query row.
 
     Args:
@@ -51,19 +54,24 @@ def knn_in_scans(features, batch_idx, k, query_index=None, tile=DEFAULT_TILE, us
             the result is the same either way (the screen has rigorous error bounds and the kept rows are ranked
             by exact distances), only the speed differs. None: float32 features with C >= 48 on a CPU with native
             bf16 (``LOW_PRECISION_MIN_CHANNELS``).
+        algorithm: compiled CPU path only: 'gemm' (screened distance GEMM), 'tree' (a k-d tree per scan, for a
+            few channels) or 'auto' (the tree for C <= 3, else the GEMM). Both return the same rows.
     Returns:
         idx: (Q, k) int64 global row indices, ascending distance, ties by lower row index;
         valid: (Q, k) bool, False for the slots a scan with fewer than k rows cannot fill (those hold the
             query's own index).
     """
     query_index = check_knn_args(features, batch_idx, k, query_index, tile)
+    if algorithm not in KNN_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {KNN_ALGORITHMS}, got {algorithm!r}")
     if not use_reference:
         ext = _compiled_for(features)
         if ext is not None:
             if low_precision is None:
                 low_precision = _low_precision_default(features)
             idx, valid = ext.knn_in_scans(features.detach().contiguous(), batch_idx.long().contiguous(),
-                                          query_index.contiguous(), int(k), int(tile), bool(low_precision))
+                                          query_index.contiguous(), int(k), int(tile), bool(low_precision),
+                                          algorithm)
             return idx, valid
     return knn_in_scans_reference(features, batch_idx, k, query_index, tile)
 
