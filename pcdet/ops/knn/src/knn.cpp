@@ -353,6 +353,7 @@ st kth_smallest(const st* x, int64_t n, int64_t rank, std::vector<st>& buf) {
 }
 
 constexpr int64_t kSampleTiles = 4;  // the threshold-estimating first block has this many tiles of rows
+constexpr int64_t kEstimateKeys = 512;
 
 template <typename scalar_t>
 void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const at::Tensor& query_index, int64_t k,
@@ -459,10 +460,14 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
       // costs one comparison per row and no heap work; finish() checks the estimate, and a query whose estimate
       // was too low ranks every row exactly. Scans no larger than the sample use the running heap.
       const int64_t scan_rows = r_end - r_begin;
+      // The estimate selects among every est_stride-th key of the sample (at most about kEstimateKeys): the
+      // selection is the costliest step per query where a scan has only a few thousand rows.
       const int64_t sample = std::min(scan_rows, kSampleTiles * tile);
-      const double expect = 1.5 * double(kk) * double(sample) / double(scan_rows);
+      const int64_t est_stride = std::max<int64_t>(1, sample / kEstimateKeys);
+      const int64_t est_n = (sample + est_stride - 1) / est_stride;
+      const double expect = 1.5 * double(kk) * double(est_n) / double(scan_rows);
       const int64_t rank = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect))) + 1;
-      const bool estimate = sample < scan_rows && rank < sample;
+      const bool estimate = sample < scan_rows && rank < est_n;
       for (int64_t r0 = r_begin; r0 < r_end;) {
         const int64_t tr = std::min(r0 == r_begin ? sample : tile, r_end - r0);
         at::Tensor dots = at::mm(qlow, scan_low[job.scan].narrow(0, r0 - r_begin, tr).t()).contiguous();
@@ -473,8 +478,9 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
         // so ties stay.
         auto screen_row = [&](QuerySearch<scalar_t, st>& qs, st a_norm, const auto* srow) {
           if (r0 == r_begin && estimate) {
-            for (int64_t j = 0; j < tr; ++j) low_key<st>(dot_value(srow, j), nb[j], a_norm, qs.b.uo2, &key[j]);
-            qs.tau = qs.thr = threshold_of(upper_of(kth_smallest(key.data(), tr, rank, tmp), qs.b), qs.b);
+            for (int64_t j = 0, e = 0; j < tr; j += est_stride, ++e)
+              low_key<st>(dot_value(srow, j), nb[j], a_norm, qs.b.uo2, &key[e]);
+            qs.tau = qs.thr = threshold_of(upper_of(kth_smallest(key.data(), est_n, rank, tmp), qs.b), qs.b);
             qs.fixed = true;
           }
           const int64_t nh = gather_hits(srow, nb, a_norm, qs.b.uo2, tr, qs.thr, hit.data());
