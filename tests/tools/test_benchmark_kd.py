@@ -266,6 +266,38 @@ def test_report_only_rewrites_the_report_and_runs_nothing(tmp_path, monkeypatch)
     assert not (tmp_path / "work" / "wall_times.json").exists()   # a report-only invocation records no wall time
 
 
+def test_report_shows_per_family_the_cpu_kind_with_more_runs_and_keeps_the_wall_times(tmp_path, monkeypatch):
+    # 'auto' precision trains in bf16 on a CPU with native bf16 and in float32 elsewhere: the two kinds hash apart,
+    # and a report rewritten on the other kind of machine must keep the table (not drop every row)
+    from pcdet.kd.benchmark import cli
+
+    here = _bench(tmp_path, "cpu", families=["pointpillar"])
+    other = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", families=["pointpillar"],
+                      zoo_manifest=_manifest(tmp_path), native_bf16=not here.cpu_native_bf16())
+    student = next(r for r in here.runs if r.method == "none")
+    assert here.cfg_hash(student) != other.cfg_hash(student)
+    _fake_results(other, {"teacher": 30.0, "none": 10.0, "pointdistiller": 12.0}, seeds=(0, 1))
+    _fake_results(here, {"none": 99.0}, seeds=(0,))        # fewer runs of this machine's kind
+    results = tmp_path / "work" / "results"
+    (results / "wall_times.json").write_text(json.dumps({"final:pointpillar": 600.0}))
+    monkeypatch.setattr(cli, "plot", lambda *args, **kwargs: None)
+    docs = tmp_path / "docs"
+    argv = ["--preset", "cpu", "--family", "pointpillar", "--report_only", "--work_dir", str(tmp_path / "work"),
+            "--data_dir", str(tmp_path / "data"), "--results_dir", str(results), "--zoo_dir", str(tmp_path / "zoo"),
+            "--docs_dir", str(docs)]
+    cli.main(argv)
+    runs = json.loads((docs / "results_cpu.json").read_text())["runs"]
+    got = sorted((r["method"], r["seed"], r["map3d_mod"]) for r in runs if r["family"] == "pointpillar")
+    assert got == [("none", 0, 10.0), ("none", 1, 10.0), ("pointdistiller", 0, 12.0), ("pointdistiller", 1, 12.0),
+                   ("teacher", 0, 30.0)]
+    assert "pointpillar: 10.0 min" in (docs / "results_cpu.md").read_text()
+    # once this machine's kind has more runs of the family, they are shown instead (never mixed with the other's)
+    _fake_results(here, {"teacher": 31.0, "none": 99.0, "pointdistiller": 98.0, "fitnet": 97.0}, seeds=(0, 1))
+    cli.main(argv)
+    runs = json.loads((docs / "results_cpu.json").read_text())["runs"]
+    assert sorted({r["map3d_mod"] for r in runs if r["family"] == "pointpillar"}) == [31.0, 97.0, 98.0, 99.0]
+
+
 def test_moderate_map_averages_classes():
     m = {"Car_3d/moderate_R40": 60.0, "Pedestrian_3d/moderate_R40": 30.0, "Cyclist_3d/moderate_R40": 0.0}
     assert rep.moderate_map(m, ["Car", "Pedestrian", "Cyclist"]) == pytest.approx(30.0)

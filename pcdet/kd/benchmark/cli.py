@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .plan import REPO_ROOT, Benchmark
 from .presets import PRESETS
-from .report import collect, final_markdown, plot, results_json, tuning_markdown
+from .report import collect_by_cpu_kind, final_markdown, plot, results_json, tuning_markdown
 from .runner import Runner
 
 
@@ -119,8 +119,14 @@ def main(argv=None):
         # the report covers every family of the preset that has results (earlier invocations included)
         full = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest,
                          results_dir=results_dir, device=device)
-        records = collect(full, splits[0])
-        walls = _record_wall(work_dir, mode, bench.families, None if args.report_only else wall)
+        records, kinds = collect_by_cpu_kind(full, splits[0], lambda bf16: Benchmark(
+            args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest, results_dir=results_dir,
+            device=device, native_bf16=bf16))
+        for family, kind in sorted(kinds.items()):
+            if kind != full.cpu_native_bf16() and device == "cpu":
+                log(f"report: {family} shows the runs of a CPU {'with' if kind else 'without'} native bf16 (more "
+                    f"of them than of this machine's kind; runs of the two kinds are never paired)")
+        walls = _record_wall(results_dir, work_dir, mode, bench.families, None if args.report_only else wall)
         if mode == "tune":
             text = tuning_markdown(full, records)
             (docs / f"results_{args.preset}_tuning.md").write_text(text)
@@ -131,8 +137,8 @@ def main(argv=None):
 
             teachers = [t for t in load_manifest(manifest)["teachers"]
                         if any(f"zoo:{t['name']}" == fam.get("teacher") for fam in preset["families"].values())]
-            note = "Wall time per invocation on this machine: " + "; ".join(
-                f"{k}: {v / 60:.1f} min" for k, v in sorted(walls.items())) + "."
+            note = ("Wall time per invocation on the machine that ran it: " + "; ".join(
+                f"{k}: {v / 60:.1f} min" for k, v in sorted(walls.items())) + ".") if walls else ""
             text = final_markdown(full, records, teachers, note)
             text += f"\n![gains and curves](results_{args.preset}.png)\n"
             (docs / f"results_{args.preset}.md").write_text(text)
@@ -143,13 +149,17 @@ def main(argv=None):
         log(f"wrote the report to {docs}; total wall time {(time.time() - t_start) / 60:.1f} min")
 
 
-def _record_wall(work_dir, mode, families, seconds):
-    """Wall seconds per (mode, families) invocation, kept in work_dir/wall_times.json (the longest of each);
-    ``seconds`` None records nothing."""
-    path = Path(work_dir) / "wall_times.json"
-    walls = json.loads(path.read_text()) if path.is_file() else {}
+def _record_wall(results_dir, work_dir, mode, families, seconds):
+    """Wall seconds per (mode, families) invocation, kept beside the results (results_dir/wall_times.json, the
+    longest of each; an older work_dir/wall_times.json is read when that file is missing), so that a report
+    rewritten on a fresh checkout keeps them; ``seconds`` None records nothing."""
+    path = Path(results_dir) / "wall_times.json"
+    old = Path(work_dir) / "wall_times.json"
+    source = path if path.is_file() else old
+    walls = json.loads(source.read_text()) if source.is_file() else {}
     key = f"{mode}:{'+'.join(families)}"
     if seconds is not None:   # None: a report-only invocation, which ran nothing
         walls[key] = max(seconds, walls.get(key, 0.0))   # the invocation that ran the most (reruns reuse results)
-        path.write_text(json.dumps(walls, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(walls, indent=1) + "\n")
     return {k.split(":", 1)[1]: v for k, v in walls.items() if k.startswith(mode + ":")}

@@ -98,7 +98,7 @@ class Benchmark:
     """
 
     def __init__(self, preset_name, preset, work_dir, data_dir, mode="final", families=None, zoo_manifest=None,
-                 results_dir=None, methods=None, device="cpu", seeds=None):
+                 results_dir=None, methods=None, device="cpu", seeds=None, native_bf16=None):
         if mode not in ("final", "tune", "teachers"):
             raise BenchmarkError(f"benchmark mode must be final, tune or teachers, got {mode!r}")
         self.preset_name = preset_name
@@ -115,6 +115,9 @@ class Benchmark:
         # repository (the cpu preset: docs/benchmark_runs/cpu), so a later session reuses what has run
         self.results_dir = Path(results_dir).resolve() if results_dir else self.work_dir / "results"
         self.device = device        # training / evaluation device type: a result is reused on the same one only
+        # the CPU kind that 'auto' precision hashes for (None: this machine's); the report reads the other kind's
+        # results through it
+        self.native_bf16 = native_bf16
         self._data_sig = None
         if seeds is not None:
             if mode != "final":
@@ -241,11 +244,17 @@ class Benchmark:
         extra["max_iters_per_epoch"] = self.preset.get("max_iters_per_epoch") if run.method != "teacher" else None
         if self.device == "cpu" and str(data.get("OPTIMIZATION", {}).get("USE_AMP", "")).lower() == "auto":
             # 'auto' trains in bf16 or float32 by machine: runs of the two kinds are different runs (not paired)
-            from ...utils.common_utils import cpu_has_native_bf16
-
-            extra["cpu_native_bf16"] = cpu_has_native_bf16()
+            extra["cpu_native_bf16"] = self.cpu_native_bf16()
         text = json.dumps({"cfg": data, "extra": extra}, sort_keys=True, default=str)
         return hashlib.sha256(repo_relative(text).encode()).hexdigest()[:10]
+
+    def cpu_native_bf16(self):
+        """The CPU kind the run hashes are for: ``native_bf16`` if given, else whether this CPU has native bf16."""
+        if self.native_bf16 is not None:
+            return bool(self.native_bf16)
+        from ...utils.common_utils import cpu_has_native_bf16
+
+        return cpu_has_native_bf16()
 
     def _zoo_sha(self, name):
         from ...model_zoo import zoo_entry

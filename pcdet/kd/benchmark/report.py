@@ -44,6 +44,30 @@ def collect(bench, split, class_names=CLASSES):
     return records
 
 
+def collect_by_cpu_kind(bench, split, bench_for_kind):
+    """``collect`` with, per family, the runs of one CPU kind: with 'auto' precision a CPU with native bf16 trains
+    in bf16 and one without in float32, and their run hashes differ (never paired). Each family shows the kind with
+    more results, this machine's on a tie, so a report rewritten on the other kind of machine keeps the table.
+    ``bench_for_kind(native_bf16)`` builds the same benchmark hashed for that kind. Returns (records,
+    {family: native_bf16 of the runs shown})."""
+    here = bench.cpu_native_bf16() if bench.device == "cpu" else None
+    records = collect(bench, split)
+    kinds = {family: here for family in bench.families}
+    if here is None:
+        return records, kinds
+    other = collect(bench_for_kind(not here), split)
+    chosen = []
+    for family in bench.families:
+        mine = [r for r in records if r["family"] == family]
+        theirs = [r for r in other if r["family"] == family]
+        if len(theirs) > len(mine):
+            chosen += theirs
+            kinds[family] = not here
+        else:
+            chosen += mine
+    return chosen, kinds
+
+
 def _by_seed(records, family, width, method, label=""):
     return {r["seed"]: r for r in records if r["family"] == family and r["width"] == width
             and r["method"] == method and r["label"] == label}
