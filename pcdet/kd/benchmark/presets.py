@@ -44,15 +44,16 @@ KD_BLOCKS = {
     "inherit": {"pointpillar": "kd/inherit_pointpillar.yaml", "centerpoint": "kd/inherit_centerpoint.yaml",
                 "centerpoint_pillar": "kd/inherit_centerpoint.yaml"},
     "pd_inherit": {"pointpillar": "kd/pointdistiller_pointpillar.yaml"},
+    "itkd_inherit": {"centerpoint_pillar": "kd/itkd_centerpoint_pillar.yaml"},
     "label_kd": {"pointpillar": "kd/label_kd_pointpillar.yaml", "centerpoint": "kd/label_kd_centerpoint.yaml",
                  "centerpoint_pillar": "kd/label_kd_centerpoint.yaml"},
 }
 METHOD_LABELS = {"teacher": "Teacher", "none": "Student alone", "logit_kd": "Logit KD", "fitnet": "FitNet",
                  "pointdistiller": "PointDistiller", "itkd": "itKD", "pivotal_kd": "Pivotal logit KD",
                  "label_kd": "Label KD", "inherit": "Teacher-guided init",
-                 "pd_inherit": "PointDistiller + teacher-guided init"}
+                 "pd_inherit": "PointDistiller + teacher-guided init", "itkd_inherit": "itKD + teacher-guided init"}
 METHOD_ORDER = ["teacher", "none", "logit_kd", "fitnet", "pointdistiller", "itkd", "pivotal_kd", "label_kd",
-                "inherit", "pd_inherit"]
+                "inherit", "pd_inherit", "itkd_inherit"]
 
 # fixed before any run, for CPU compute only: GT sampling dominates data loading on 2 cores; bf16 autocast with
 # channels_last weights gave 1.5-1.9x faster steps on an AMX CPU, but 4.5x slower ones on an AVX2-only CPU, so the
@@ -93,7 +94,9 @@ PRESETS = {
             "centerpoint_pillar": dict(teacher="zoo:centerpoint_pillar_w0.5", teacher_width=0.5,
                                        student_rel_widths=[0.25], narrow="BACKBONE_2D",
                                        # teacher-guided init (issue 18): added 2026-12-03 before any of its runs
-                                       methods=["none", "logit_kd", "fitnet", "itkd", "inherit"]),
+                                       # itKD + init: added 2026-12-04 before any of its runs, with the frozen itKD
+                                       # setting unchanged (no new choice, so no tune run)
+                                       methods=["none", "logit_kd", "fitnet", "itkd", "inherit", "itkd_inherit"]),
         },
         student_epochs={"pointpillar": 12, "centerpoint_pillar": 10},
         batch_size=4, curve_every=2,
@@ -108,7 +111,9 @@ PRESETS = {
                       "pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, KD={"INIT_FROM_TEACHER": True})},
                       # itKD on the CenterPoint-pillar 1/4 student, frozen from its sweep (2026-12-03, tune split,
                       # seed 0: ae5_det1 20.49 > ae5 18.62 > default 17.72; the student alone 23.34)
-                      "itkd": {"centerpoint_pillar": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}}},
+                      "itkd": {"centerpoint_pillar": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}},
+                      "itkd_inherit": {"centerpoint_pillar": {"AE": {"WEIGHT": 5.0},
+                                                              "KD": {"DET_LOSS_WEIGHT": 1.0, "INIT_FROM_TEACHER": True}}}},
         tuning={
             "pointdistiller": {"pointpillar": [
                 {"label": "tau0.01", "overrides": {"TAU": 0.01, "LOSS_WEIGHT": 2.0}},
