@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pcdet.ops import _loader
-from pcdet.ops.knn import EXT_NAME, edge_features, knn_in_scans
+from pcdet.ops.knn import EXT_NAME, edge_features, knn_in_scans, resolve_algorithm
 
 COMPILED = _loader.load_extension(EXT_NAME) is not None
 PATHS = [True, pytest.param(False, marks=pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built"))]
@@ -199,7 +199,7 @@ def test_tree_path_with_duplicate_clusters_continuous_float64_and_many_channels(
 
 
 @pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
-def test_tree_path_is_the_default_for_xyz_and_independent_of_threads():
+def test_tree_path_is_independent_of_threads_and_the_default_for_one_to_three_channels():
     torch.manual_seed(12)
     xyz = torch.rand(4000, 3) * torch.tensor([70.0, 80.0, 4.0])
     batch = torch.sort(torch.randint(0, 3, (4000,))).values
@@ -218,6 +218,21 @@ def test_tree_path_is_the_default_for_xyz_and_independent_of_threads():
     assert bool((d[:, 1:] >= d[:, :-1]).all())   # ascending
     with pytest.raises(ValueError, match="algorithm must be one of"):
         knn_in_scans(xyz, batch, 4, algorithm="kdtree")
+    assert [resolve_algorithm(torch.zeros(2, c)) for c in (0, 1, 3, 4, 64)] == ["gemm", "tree", "tree", "gemm", "gemm"]
+    assert resolve_algorithm(torch.zeros(2, 64), "tree") == "tree"
+
+
+@pytest.mark.parametrize("use_reference", PATHS)
+def test_zero_channels_and_non_finite_features(use_reference):
+    # zero channels: every row is at distance 0, so ties give the lowest rows (the tree is not used for C = 0)
+    idx, valid = knn_in_scans(torch.zeros(100, 0), torch.zeros(100, dtype=torch.long), 3, use_reference=use_reference)
+    assert idx[:, 0].tolist() == [0] * 100 and idx[5].tolist() == [0, 1, 2] and bool(valid.all())
+    for bad in (float("nan"), float("inf")):
+        features = torch.randn(300, 3)
+        features[7, 1] = bad
+        with pytest.raises(ValueError, match="features must be finite: row 7 of 300"):
+            knn_in_scans(features, torch.zeros(300, dtype=torch.long), 8, torch.tensor([2, 7]),
+                         use_reference=use_reference)
 
 
 @pytest.mark.parametrize("use_reference", PATHS)

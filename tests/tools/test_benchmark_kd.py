@@ -298,6 +298,26 @@ def test_report_shows_per_family_the_cpu_kind_with_more_runs_and_keeps_the_wall_
     assert sorted({r["map3d_mod"] for r in runs if r["family"] == "pointpillar"}) == [31.0, 97.0, 98.0, 99.0]
 
 
+def test_collect_by_cpu_kind_prefers_the_kind_that_has_the_baseline(monkeypatch):
+    class Stub:
+        device, families = "cpu", ["f", "g"]
+
+        def __init__(self, bf16):
+            self.bf16 = bf16
+
+        def cpu_native_bf16(self):
+            return self.bf16
+
+    recs = {False: [{"family": "f", "method": "none"}, {"family": "g", "method": "none"}],
+            True: [{"family": "f", "method": "fitnet"}] * 3 + [{"family": "g", "method": m} for m in
+                                                               ("none", "fitnet")]}
+    monkeypatch.setattr(rep, "collect", lambda bench, split: recs[bench.bf16])
+    got, kinds = rep.collect_by_cpu_kind(Stub(False), "val", Stub)
+    # f: three KD runs of the other kind but no student alone there -> this machine's; g: the other kind's
+    assert kinds == {"f": False, "g": True}
+    assert got == [recs[False][0]] + recs[True][3:]
+
+
 def test_moderate_map_averages_classes():
     m = {"Car_3d/moderate_R40": 60.0, "Pedestrian_3d/moderate_R40": 30.0, "Cyclist_3d/moderate_R40": 0.0}
     assert rep.moderate_map(m, ["Car", "Pedestrian", "Cyclist"]) == pytest.approx(30.0)

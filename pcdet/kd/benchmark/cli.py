@@ -124,8 +124,8 @@ def main(argv=None):
             device=device, native_bf16=bf16))
         for family, kind in sorted(kinds.items()):
             if kind != full.cpu_native_bf16() and device == "cpu":
-                log(f"report: {family} shows the runs of a CPU {'with' if kind else 'without'} native bf16 (more "
-                    f"of them than of this machine's kind; runs of the two kinds are never paired)")
+                log(f"report: {family} shows the runs of a CPU {'with' if kind else 'without'} native bf16 (its "
+                    f"results outnumber this machine's kind's; runs of the two kinds are never paired)")
         walls = _record_wall(results_dir, work_dir, mode, bench.families, None if args.report_only else wall)
         if mode == "tune":
             text = tuning_markdown(full, records)
@@ -139,6 +139,11 @@ def main(argv=None):
                         if any(f"zoo:{t['name']}" == fam.get("teacher") for fam in preset["families"].values())]
             note = ("Wall time per invocation on the machine that ran it: " + "; ".join(
                 f"{k}: {v / 60:.1f} min" for k, v in sorted(walls.items())) + ".") if walls else ""
+            shown = [f for f in sorted(kinds) if kinds[f] is not None and any(r["family"] == f for r in records)]
+            if shown:
+                note += " Precision ('auto'): " + "; ".join(
+                    f"{f}: " + ("bf16 autocast (a CPU with native bf16)" if kinds[f] else
+                                "float32 (a CPU without native bf16)") for f in shown) + "."
             text = final_markdown(full, records, teachers, note)
             text += f"\n![gains and curves](results_{args.preset}.png)\n"
             (docs / f"results_{args.preset}.md").write_text(text)

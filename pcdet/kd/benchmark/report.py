@@ -46,8 +46,9 @@ def collect(bench, split, class_names=CLASSES):
 
 def collect_by_cpu_kind(bench, split, bench_for_kind):
     """``collect`` with, per family, the runs of one CPU kind: with 'auto' precision a CPU with native bf16 trains
-    in bf16 and one without in float32, and their run hashes differ (never paired). Each family shows the kind with
-    more results, this machine's on a tie, so a report rewritten on the other kind of machine keeps the table.
+    in bf16 and one without in float32, and their run hashes differ (never paired). Each family shows the kind
+    that has student-alone runs (the baseline of every paired gain) and more results, this machine's on a tie, so
+    a report rewritten on the other kind of machine keeps the table.
     ``bench_for_kind(native_bf16)`` builds the same benchmark hashed for that kind. Returns (records,
     {family: native_bf16 of the runs shown})."""
     here = bench.cpu_native_bf16() if bench.device == "cpu" else None
@@ -60,7 +61,10 @@ def collect_by_cpu_kind(bench, split, bench_for_kind):
     for family in bench.families:
         mine = [r for r in records if r["family"] == family]
         theirs = [r for r in other if r["family"] == family]
-        if len(theirs) > len(mine):
+        def score(recs):
+            return any(r["method"] == "none" for r in recs), len(recs)
+
+        if score(theirs) > score(mine):
             chosen += theirs
             kinds[family] = not here
         else:

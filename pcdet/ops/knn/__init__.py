@@ -37,6 +37,16 @@ def _low_precision_default(features):
 
 
 KNN_ALGORITHMS = ("auto", "gemm", "tree")
+TREE_MAX_CHANNELS = 3   # 'auto' takes the k-d tree up to this many channels (xyz), the screened GEMM above
+
+
+def resolve_algorithm(features, algorithm="auto"):
+    """The compiled CPU path's algorithm for these features: 'tree' or 'gemm'."""
+    if algorithm not in KNN_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {KNN_ALGORITHMS}, got {algorithm!r}")
+    if algorithm != "auto":
+        return algorithm
+    return "tree" if 1 <= features.shape[1] <= TREE_MAX_CHANNELS else "gemm"
 
 
 def knn_in_scans(features, batch_idx, k, query_index=None, tile=DEFAULT_TILE, use_reference=False,
@@ -44,7 +54,8 @@ def knn_in_scans(features, batch_idx, k, query_index=None, tile=DEFAULT_TILE, us
     """k nearest rows of the same scan for each query row.
 
     Args:
-        features: (M, C) float32/float64; may require grad (idx carries none).
+        features: (M, C) float32/float64, finite (a NaN / inf row is refused by index); may require grad (idx
+            carries none).
         batch_idx: (M,) int64 scan index of each row, >= 0 (rows of a scan need not be contiguous).
         k: number of neighbours.
         query_index: (Q,) int64 rows to query; None queries every row (Q = M).
@@ -55,15 +66,15 @@ def knn_in_scans(features, batch_idx, k, query_index=None, tile=DEFAULT_TILE, us
             by exact distances), only the speed differs. None: float32 features with C >= 48 on a CPU with native
             bf16 (``LOW_PRECISION_MIN_CHANNELS``).
         algorithm: compiled CPU path only: 'gemm' (screened distance GEMM), 'tree' (a k-d tree per scan, for a
-            few channels) or 'auto' (the tree for C <= 3, else the GEMM). Both return the same rows.
+            few channels) or 'auto' (the tree for 1 <= C <= 3, else the GEMM; ``resolve_algorithm``). Both return
+            the same rows. Ignored on CUDA (one kernel).
     Returns:
         idx: (Q, k) int64 global row indices, ascending distance, ties by lower row index;
         valid: (Q, k) bool, False for the slots a scan with fewer than k rows cannot fill (those hold the
             query's own index).
     """
     query_index = check_knn_args(features, batch_idx, k, query_index, tile)
-    if algorithm not in KNN_ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {KNN_ALGORITHMS}, got {algorithm!r}")
+    algorithm = resolve_algorithm(features, algorithm)
     if not use_reference:
         ext = _compiled_for(features)
         if ext is not None:

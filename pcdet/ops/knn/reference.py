@@ -11,6 +11,11 @@ def check_knn_args(features, batch_idx, k, query_index, tile):
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got {features.dtype}")
     num_rows = features.shape[0]
+    finite = torch.isfinite(features.detach()).all(1) if features.numel() else None
+    if finite is not None and not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise ValueError(f"features must be finite: row {bad} of {num_rows} holds "
+                         f"{features[bad].detach().cpu().tolist()[:8]}")
     if not isinstance(batch_idx, torch.Tensor) or batch_idx.shape != (num_rows,):
         raise ValueError(f"batch_idx must be a (M,) = ({num_rows},) tensor, "
                          f"got shape {tuple(getattr(batch_idx, 'shape', ()))}")

@@ -763,7 +763,8 @@ void check_knn_inputs(const at::Tensor& features, const at::Tensor& batch_idx, c
               "knn_in_scans: features, batch_idx and query_index must be on one device");
 }
 
-// algorithm: "auto" (the tree for C <= kTreeMaxChannels, else the screened GEMM), "gemm" or "tree" (CPU only).
+// algorithm: "auto" (the tree for 1 <= C <= kTreeMaxChannels, else the screened GEMM), "gemm" or "tree" (CPU
+// only). Features must be finite (the Python wrapper checks): the tree's selection assumes ordered distances.
 
 std::vector<at::Tensor> knn_in_scans(const at::Tensor& features, const at::Tensor& batch_idx,
                                      const at::Tensor& query_index, int64_t k, int64_t tile, bool low_precision,
@@ -781,7 +782,9 @@ std::vector<at::Tensor> knn_in_scans(const at::Tensor& features, const at::Tenso
   }
   auto out_idx = at::empty({query_index.size(0), k}, query_index.options());
   auto out_valid = at::empty({query_index.size(0), k}, query_index.options().dtype(at::kBool));
-  const bool tree = algorithm == "tree" || (algorithm == "auto" && features.size(1) <= kTreeMaxChannels);
+  const int64_t c = features.size(1);
+  TORCH_CHECK(!(algorithm == "tree" && c == 0), "knn_in_scans: the tree path needs at least one channel");
+  const bool tree = algorithm == "tree" || (algorithm == "auto" && c >= 1 && c <= kTreeMaxChannels);
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "knn_in_scans_cpu", [&] {
     if (tree) {
       knn_tree_impl<scalar_t>(features, batch_idx, query_index, k, out_idx, out_valid);
