@@ -195,10 +195,14 @@ struct Candidate {
   int64_t row;
 };
 
-template <typename st>
-inline bool exact_before(const Candidate<st>& x, const Candidate<st>& y) {
-  return ranks_before(x.exact, x.row, y.exact, y.row);
-}
+// (exact distance, row) order of candidates; a function object, so that the sorts inline it (a function pointer
+// made every comparison an indirect call)
+struct ExactBefore {
+  template <typename st>
+  bool operator()(const Candidate<st>& x, const Candidate<st>& y) const {
+    return ranks_before(x.exact, x.row, y.exact, y.row);
+  }
+};
 
 // One query's search state: the admitted rows, and a max-heap of the k smallest keys admitted, whose top gives
 // the admission threshold. Exact regime (after a compaction that freed too little): the threshold comes from the
@@ -251,7 +255,7 @@ struct QuerySearch {
   // exact distance at most that, hence d <= kth / (1 - rho)).
   void keep_exact_best(const scalar_t* feats, int64_t c) {
     compute_exact(feats, c);
-    if (n > kk) std::nth_element(cand, cand + kk - 1, cand + n, exact_before<st>);
+    if (n > kk) std::nth_element(cand, cand + kk - 1, cand + n, ExactBefore());
     n = std::min(n, kk);
     double kth = cand[0].exact;
     for (int64_t t = 1; t < n; ++t) kth = std::max(kth, cand[t].exact);
@@ -325,8 +329,8 @@ struct QuerySearch {
       drop_excluded();
     }
     compute_exact(feats, c);
-    if (n > kk) std::nth_element(cand, cand + kk - 1, cand + n, exact_before<st>);
-    std::sort(cand, cand + std::min(n, kk), exact_before<st>);
+    if (n > kk) std::nth_element(cand, cand + kk - 1, cand + n, ExactBefore());
+    std::sort(cand, cand + std::min(n, kk), ExactBefore());
     return true;
   }
 };
@@ -521,8 +525,8 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
           const int64_t row = rows[r_begin + j];
           ranked[j] = {st(0), st(0), double(squared_distance(qs.fq, feats + row * c, c)), row};
         }
-        std::nth_element(ranked.begin(), ranked.begin() + kk - 1, ranked.end(), exact_before<st>);
-        std::sort(ranked.begin(), ranked.begin() + kk, exact_before<st>);
+        std::nth_element(ranked.begin(), ranked.begin() + kk - 1, ranked.end(), ExactBefore());
+        std::sort(ranked.begin(), ranked.begin() + kk, ExactBefore());
         for (int64_t t = 0; t < k; ++t) {
           oidx[pos * k + t] = t < kk ? ranked[t].row : self;
           ovalid[pos * k + t] = t < kk;
