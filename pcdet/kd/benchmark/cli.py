@@ -122,10 +122,11 @@ def main(argv=None):
         records, kinds = collect_by_cpu_kind(full, splits[0], lambda bf16: Benchmark(
             args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest, results_dir=results_dir,
             device=device, native_bf16=bf16))
+        here = full.cpu_native_bf16() if device == "cpu" else None
         for family, kind in sorted(kinds.items()):
-            if kind != full.cpu_native_bf16() and device == "cpu":
-                log(f"report: {family} shows the runs of a CPU {'with' if kind else 'without'} native bf16 (its "
-                    f"results outnumber this machine's kind's; runs of the two kinds are never paired)")
+            if kind != here:
+                log(f"report: {family} shows the runs of a CPU {'with' if kind else 'without'} native bf16 (they "
+                    f"include the student-alone runs, or outnumber this machine's kind's; the kinds are never paired)")
         walls = _record_wall(results_dir, work_dir, mode, bench.families, None if args.report_only else wall)
         if mode == "tune":
             text = tuning_markdown(full, records)

@@ -57,13 +57,14 @@ def collect_by_cpu_kind(bench, split, bench_for_kind):
     if here is None:
         return records, kinds
     other = collect(bench_for_kind(not here), split)
+
+    def score(recs):
+        return any(r["method"] == "none" for r in recs), len(recs)
+
     chosen = []
     for family in bench.families:
         mine = [r for r in records if r["family"] == family]
         theirs = [r for r in other if r["family"] == family]
-        def score(recs):
-            return any(r["method"] == "none" for r in recs), len(recs)
-
         if score(theirs) > score(mine):
             chosen += theirs
             kinds[family] = not here

@@ -80,8 +80,8 @@ void group_by_key(const int64_t* key, int64_t n, int64_t num_keys, std::vector<i
 // ---------------------------------------------------------------- fused screening of one block row
 // The positions j (ascending) whose lower key (low_key) is at most t, without writing the keys: past the sample
 // block almost every row fails, so a row costs one vector compare per 8 keys. The caller re-checks every hit with
-// low_key and its current threshold, so a superset is enough: t is that threshold loosened by 8 ulp, which covers
-// the rounding differences between the vector code and the scalar formula.
+// low_key and its current threshold, so a superset is enough. The vector code performs the scalar formula's
+// operations in the same order (no FMA); t is still loosened by 8 ulp, as a margin should a compiler contract.
 template <typename st>
 inline st low_key(st sj, st nbj, st a, st uo2, st* key) {
   const st kj = (nbj + a) - 2 * sj;
@@ -476,10 +476,10 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
         const int64_t tr = std::min(r0 == r_begin ? sample : tile, r_end - r0);
         at::Tensor dots = at::mm(qlow, scan_low[job.scan].narrow(0, r0 - r_begin, tr).t()).contiguous();
         const st* nb = nb_all + (r0 - r_begin);
-        // one query's block row: the sample block estimates the threshold from all its keys; then the hits (rows
-        // whose lower key passes the threshold, a superset) are re-checked and admitted in row order, the
-        // threshold refreshed every 16 admissions (a stale threshold is only looser). Admission is inclusive (<=),
-        // so ties stay.
+        // one query's block row: the sample block estimates the threshold from every est_stride-th key; then the
+        // hits (rows whose lower key passes the threshold, a superset) are re-checked and admitted in row order,
+        // the threshold refreshed every 16 admissions (a stale threshold is only looser). Admission is inclusive
+        // (<=), so ties stay.
         auto screen_row = [&](QuerySearch<scalar_t, st>& qs, st a_norm, const auto* srow) {
           if (r0 == r_begin && estimate) {
             for (int64_t j = 0, e = 0; j < tr; j += est_stride, ++e)
@@ -548,7 +548,7 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
 // (deterministic in any thread count).
 constexpr int64_t kLeaf = 32;
 constexpr int64_t kSeedFactor = 4;     // 2 and 4 measured: 4 was 15 % faster (6000 queries, 20000 rows, k 128)
-constexpr int64_t kTreeMaxChannels = 3;
+constexpr int64_t kTreeMaxChannels = 3;  // leaves are channel-major up to this many channels (row-major above)
 
 template <typename scalar_t>
 struct ScanTree {
@@ -600,7 +600,6 @@ void build_tree(const scalar_t* feats, int64_t c, const int64_t* rows, int64_t n
     t.begin.push_back(mid), t.end.push_back(e), t.child.push_back(-1);
     todo.push_back(first + 1), todo.push_back(first);
   }
-  t.lo.resize(t.begin.size() * c), t.hi.resize(t.begin.size() * c);
   t.pts.resize(n * c);
   const bool soa = c <= kTreeMaxChannels;
   for (int64_t i = 0; i < n; ++i)
@@ -767,16 +766,16 @@ void check_knn_inputs(const at::Tensor& features, const at::Tensor& batch_idx, c
               "knn_in_scans: features, batch_idx and query_index must be on one device");
 }
 
-// algorithm: "auto" (the tree for 1 <= C <= kTreeMaxChannels, else the screened GEMM), "gemm" or "tree" (CPU
-// only). Features must be finite (the Python wrapper checks): the tree's selection assumes ordered distances.
+// algorithm: "gemm" or "tree" (CPU only), chosen by the Python wrapper (resolve_algorithm). Features must be finite
+// (the wrapper checks): the tree's selection assumes ordered distances.
 
 std::vector<at::Tensor> knn_in_scans(const at::Tensor& features, const at::Tensor& batch_idx,
                                      const at::Tensor& query_index, int64_t k, int64_t tile, bool low_precision,
                                      const std::string& algorithm) {
   check_knn_inputs(features, batch_idx, query_index, k);
   TORCH_CHECK(tile >= 1, "knn_in_scans: tile must be >= 1, got ", tile);
-  TORCH_CHECK(algorithm == "auto" || algorithm == "gemm" || algorithm == "tree",
-              "knn_in_scans: algorithm must be auto, gemm or tree, got '", algorithm, "'");
+  TORCH_CHECK(algorithm == "gemm" || algorithm == "tree", "knn_in_scans: algorithm must be gemm or tree, got '",
+              algorithm, "'");
   if (features.is_cuda()) {
 #ifdef WITH_CUDA
     return knn_in_scans_cuda(features, batch_idx, query_index, k);
@@ -788,7 +787,7 @@ std::vector<at::Tensor> knn_in_scans(const at::Tensor& features, const at::Tenso
   auto out_valid = at::empty({query_index.size(0), k}, query_index.options().dtype(at::kBool));
   const int64_t c = features.size(1);
   TORCH_CHECK(!(algorithm == "tree" && c == 0), "knn_in_scans: the tree path needs at least one channel");
-  const bool tree = algorithm == "tree" || (algorithm == "auto" && c >= 1 && c <= kTreeMaxChannels);
+  const bool tree = algorithm == "tree";
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "knn_in_scans_cpu", [&] {
     if (tree) {
       knn_tree_impl<scalar_t>(features, batch_idx, query_index, k, out_idx, out_valid);
@@ -899,7 +898,7 @@ bool with_cuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("knn_in_scans", &knn_in_scans, "(idx (Q, k), valid (Q, k)) of the k nearest rows in the same scan",
         py::arg("features"), py::arg("batch_idx"), py::arg("query_index"), py::arg("k"), py::arg("tile"),
-        py::arg("low_precision"), py::arg("algorithm") = "auto");
+        py::arg("low_precision"), py::arg("algorithm"));
   m.def("edge_features_forward", &edge_features_forward, "(Q, k, 2C) edge features", py::arg("features"),
         py::arg("query_index"), py::arg("idx"), py::arg("diff"));
   m.def("edge_features_backward", &edge_features_backward, "(M, C) gradient of edge features", py::arg("grad"),
