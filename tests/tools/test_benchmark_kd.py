@@ -10,6 +10,7 @@ import pytest
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.kd.benchmark import PRESETS, Benchmark, paired_gains, run_priority, t_interval
+from pcdet.kd.benchmark.stats import fmt_interval
 from pcdet.kd.benchmark.plan import BenchmarkError
 from pcdet.kd.benchmark import report as rep
 from pcdet.kd.benchmark.cli import parse_args
@@ -96,7 +97,9 @@ def test_cpu_centerpoint_pillar_inherit_run_narrows_only_the_neck_and_inherits(t
 def test_tune_mode_runs_each_setting_once_and_family_filter(tmp_path):
     bench = _bench(tmp_path, "cpu", mode="tune", families=["pointpillar"])
     p = PRESETS["cpu"]
-    assert {r.family for r in bench.runs} == {"pointpillar"} and {r.seed for r in bench.runs} == {p["seeds"][0]}
+    assert {r.family for r in bench.runs} == {"pointpillar"}
+    # each setting on the first seed, unless it lists its own (the student-alone recipes)
+    assert {r.seed for r in bench.runs if r.method != "none"} == {p["seeds"][0]}
     pd = [r for r in bench.runs if r.method == "pointdistiller"]
     assert [r.label for r in pd] == [s["label"] for s in p["tuning"]["pointdistiller"]["pointpillar"]]
     # overrides: the frozen compute overrides plus the setting's, merged into every head of the KD block
@@ -221,6 +224,82 @@ def test_tuning_report_lists_each_setting_with_its_difference(tmp_path):
     rows = [l for l in text.splitlines() if "| PointDistiller |" in l]
     assert len(rows) == 4 and all("+2.00" in l for l in rows) and '"TAU": 1.0' in rows[1]
     assert sum('"TEACHER_GRAPH": "trainable"' in l for l in rows) == 1
+
+
+def _preset_with(**changes):
+    preset = json.loads(json.dumps(PRESETS["cpu"]))
+    preset["tuning"] = dict(preset["tuning"], **changes)
+    return preset
+
+
+def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tmp_path):
+    bench = _bench(tmp_path, "cpu", mode="tune", families=["pointpillar"])
+    recipes = PRESETS["cpu"]["tuning"]["none"]["pointpillar"]
+    alone = [r for r in bench.runs if r.method == "none"]
+    assert sorted((r.label, r.seed) for r in alone) == sorted((s["label"], seed) for s in recipes
+                                                              for seed in s["seeds"])
+    # KD settings keep the single tuning seed
+    assert {r.seed for r in bench.runs if r.method not in ("none", "teacher")} == {PRESETS["cpu"]["seeds"][0]}
+    base = next(r for r in alone if r.label == "" and r.seed == 1)
+    low = next(r for r in alone if r.label == "lr0.001" and r.seed == 1)
+    cfg_base, cfg_low = (cfg_from_yaml_file(bench.write_cfg(r)) for r in (base, low))
+    assert cfg_low.OPTIMIZATION.LR == 0.001 and cfg_base.OPTIMIZATION.LR == 0.003
+    cfg_low.OPTIMIZATION.LR = 0.003
+    assert cfg_low.OPTIMIZATION == cfg_base.OPTIMIZATION and cfg_low.MODEL == cfg_base.MODEL
+    assert bench.cfg_hash(low) != bench.cfg_hash(base) and bench.run_dir(low) != bench.run_dir(base)
+    # the preset's recipe on seed 1 is the final table's student alone of seed 1: one training, reused
+    final = _bench(tmp_path, "cpu", families=["pointpillar"])
+    same = next(r for r in final.runs if r.method == "none" and r.seed == 1)
+    assert final.run_dir(same) == bench.run_dir(base) and final.cfg_text(same) == bench.cfg_text(base)
+    # a distillation setting with a recipe: OPTIMIZATION goes to the config, never into the KD block
+    preset = _preset_with(fitnet={"pointpillar": [
+        {"label": "lr", "overrides": {"OPTIMIZATION": {"LR": 0.001}, "LOSS_WEIGHT": 2.0}, "epochs": 6}]})
+    b2 = Benchmark("cpu", preset, tmp_path / "w2", tmp_path / "data", mode="tune", families=["pointpillar"],
+                   zoo_manifest=_manifest(tmp_path))
+    fit = next(r for r in b2.runs if r.method == "fitnet")
+    cfg = cfg_from_yaml_file(b2.write_cfg(fit))
+    assert cfg.OPTIMIZATION.LR == 0.001 and cfg.OPTIMIZATION.NUM_EPOCHS == 6 and fit.epochs == 6
+    assert cfg.KD.HEADS[0].LOSS_WEIGHT == 2.0 and "OPTIMIZATION" not in cfg.KD.HEADS[0]
+    with pytest.raises(BenchmarkError, match="NUM_EPOCHS"):
+        Benchmark("cpu", _preset_with(none={"pointpillar": [
+            {"label": "x", "overrides": {"OPTIMIZATION": {"NUM_EPOCHS": 3}}}]}), tmp_path / "w3", tmp_path / "data",
+            mode="tune", families=["pointpillar"], zoo_manifest=_manifest(tmp_path))
+    with pytest.raises(BenchmarkError, match=r"seeds \[9\]"):
+        Benchmark("cpu", _preset_with(none={"pointpillar": [{"label": "", "overrides": {}, "seeds": [9]}]}),
+                  tmp_path / "w4", tmp_path / "data", mode="tune", families=["pointpillar"],
+                  zoo_manifest=_manifest(tmp_path))
+
+
+def test_tuning_report_pairs_recipes_and_methods_by_seed_and_recipe(tmp_path):
+    preset = _preset_with(fitnet={"pointpillar": [
+        {"label": "default", "overrides": {}, "seeds": [0, 1, 2]},
+        {"label": "lr", "overrides": {"OPTIMIZATION": {"LR": 0.001}}, "seeds": [0, 1, 2]}]})
+    bench = Benchmark("cpu", preset, tmp_path / "work", tmp_path / "data", mode="tune", families=["pointpillar"],
+                      zoo_manifest=_manifest(tmp_path))
+    # student alone: 10 + seed (own recipe), 13 + 2 seed (lr0.001); FitNet = its recipe's student alone + 1 / - 2
+    value = {("none", ""): lambda s: 10.0 + s, ("none", "lr0.001"): lambda s: 13.0 + 2 * s,
+             ("fitnet", "default"): lambda s: 11.0 + s, ("fitnet", "lr"): lambda s: 11.0 + 2 * s,
+             ("teacher", ""): lambda s: 40.0}
+    for run in bench.runs:
+        f = value.get((run.method, run.label))
+        if f is None:
+            continue
+        metrics = {f"{c}_{k}/moderate_R40": f(run.seed) for c in rep.CLASSES for k in ("3d", "bev")}
+        path = bench.result_path(run, "tune")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"metrics": metrics, "device": "cpu", "cfg_hash": bench.cfg_hash(run),
+                                    "data": bench.data_signature()}))
+    records = [dict(r, native_bf16=False) for r in rep.collect(bench, "tune")]
+    rows = {(r["method"], r["label"]): r for r in rep.tuning_rows(records, "pointpillar")}
+    assert rows[("none", "lr0.001")]["diffs"] == [(0, 3.0), (1, 4.0), (2, 5.0)]
+    assert rows[("none", "lr0.001")]["diff"] == pytest.approx(t_interval([3.0, 4.0, 5.0]))
+    assert rows[("fitnet", "default")]["diffs"] == [(0, 1.0), (1, 1.0), (2, 1.0)]
+    assert rows[("fitnet", "lr")]["diffs"] == [(0, -2.0), (1, -2.0), (2, -2.0)]   # against lr0.001 alone
+    assert rows[("none", "")]["diff"] is None and rows[("none", "")]["per_seed"] == {0: 10.0, 1: 11.0, 2: 12.0}
+    text = rep.tuning_markdown(bench, records)
+    assert "float32 runs" in text and "bf16 autocast runs" not in text
+    line = next(l for l in text.splitlines() if "| Student alone | lr0.001 |" in l)
+    assert "s0: 13.00 s1: 15.00 s2: 17.00" in line and fmt_interval(*t_interval([3.0, 4.0, 5.0])) in line
 
 
 def test_progress_line_estimates_from_finished_cost(tmp_path):

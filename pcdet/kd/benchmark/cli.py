@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .plan import REPO_ROOT, Benchmark
 from .presets import PRESETS
-from .report import collect_by_cpu_kind, final_markdown, plot, results_json, tuning_markdown
+from .report import (collect_all_cpu_kinds, collect_by_cpu_kind, final_markdown, plot, results_json,
+                     tuning_markdown)
 from .runner import Runner
 
 
@@ -129,6 +130,9 @@ def main(argv=None):
                     f"include the student-alone runs, or outnumber this machine's kind's; the kinds are never paired)")
         walls = _record_wall(results_dir, work_dir, mode, bench.families, None if args.report_only else wall)
         if mode == "tune":
+            records = collect_all_cpu_kinds(full, splits[0], lambda bf16: Benchmark(
+                args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest, results_dir=results_dir,
+                device=device, native_bf16=bf16))
             text = tuning_markdown(full, records)
             (docs / f"results_{args.preset}_tuning.md").write_text(text)
             (docs / f"results_{args.preset}_tuning.json").write_text(json.dumps(

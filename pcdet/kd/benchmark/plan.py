@@ -78,6 +78,17 @@ def write_yaml(path, data):
     return path
 
 
+def recipe_overrides(run):
+    """The OPTIMIZATION keys a run's setting overrides (its training recipe; {} for the preset's own)."""
+    return dict((run.overrides or {}).get("OPTIMIZATION", {}))
+
+
+def recipe_key(run):
+    """What pairs a distilled run with a student alone: the same seed and width trained with the same recipe
+    (schedule length and OPTIMIZATION overrides)."""
+    return run.epochs, json.dumps(recipe_overrides(run), sort_keys=True)
+
+
 def merge_kd_overrides(kd_block, overrides):
     """The KD block with ``overrides`` merged: key ``KD`` into the block's top level, the rest into every head."""
     kd_block = copy.deepcopy(kd_block)
@@ -171,9 +182,9 @@ class Benchmark:
                              int(round(1.5 * base.epochs)), longer=True)
                 runs += [base, longer]
             return runs
-        seeds = p["seeds"][:1] if self.mode == "tune" else self.seeds
         for family in self.families:
             fam = p["families"][family]
+            seeds = self.tune_seeds(family) if self.mode == "tune" else self.seeds
             zoo_teacher = None
             for seed in seeds:
                 teacher = self._teacher_run(family, fam, seed)
@@ -184,18 +195,18 @@ class Benchmark:
                     teacher = zoo_teacher
                 else:
                     runs.append(teacher)
-                epochs = epochs_of(p, "student_epochs", family)
+                default_epochs = epochs_of(p, "student_epochs", family)
                 for rel in fam["student_rel_widths"]:
                     width = round(fam["teacher_width"] * rel, 6)
                     for method in fam["methods"]:
                         frozen = p.get("kd_overrides", {}).get(method, {}).get(family, {})
-                        settings = [{"label": "", "overrides": {}}]
-                        if method != "none" and self.mode == "tune":
-                            settings = p.get("tuning", {}).get(method, {}).get(family) or [
-                                {"label": "default", "overrides": {}}]
-                        for setting in settings:
+                        for setting in self.settings(method, family):
+                            if seed not in self.setting_seeds(setting):
+                                continue
                             label = setting["label"]
-                            overrides = merge_dicts(frozen, setting["overrides"]) if method != "none" else {}
+                            overrides = setting["overrides"] if method == "none" else merge_dicts(
+                                frozen, setting["overrides"])
+                            epochs = int(setting.get("epochs", default_epochs))
                             name = f"{family}_{method}_w{width}_s{seed}" + (f"_{label}" if label else "")
                             run = Run(name, family, method, width, seed, epochs,
                                       teacher=teacher if method != "none" else None, label=label,
@@ -204,6 +215,42 @@ class Benchmark:
                                 run.deps.append(run.teacher)
                             runs.append(run)
         return runs
+
+    def settings(self, method, family):
+        """The settings a method runs in this mode: in 'final' mode one (the frozen overrides); in 'tune' mode the
+        preset's ``tuning[method][family]`` list (a KD method without one: its 'default'; the student alone
+        without one: its unlabelled run). A student-alone setting is a training recipe: ``{"label", "overrides":
+        {"OPTIMIZATION": {...}}, "epochs", "seeds"}``; its label '' is the preset's own recipe."""
+        plain = [{"label": "", "overrides": {}}]
+        if self.mode != "tune":
+            return plain
+        listed = self.preset.get("tuning", {}).get(method, {}).get(family)
+        if listed:
+            for s in listed:
+                ov = s.get("overrides", {})
+                if "NUM_EPOCHS" in ov.get("OPTIMIZATION", {}) or "BATCH_SIZE_PER_GPU" in ov.get("OPTIMIZATION", {}):
+                    raise BenchmarkError(f"preset {self.preset_name}: tuning setting {method}/{family}/"
+                                         f"'{s['label']}' sets OPTIMIZATION.NUM_EPOCHS or BATCH_SIZE_PER_GPU: give "
+                                         f"the schedule length as the setting's 'epochs' (the batch is the preset's)")
+            return listed
+        return plain if method == "none" else [{"label": "default", "overrides": {}}]
+
+    def setting_seeds(self, setting):
+        """The seeds a setting runs: in 'tune' mode its ``seeds`` (default the preset's first), else the plan's."""
+        if self.mode != "tune":
+            return self.seeds
+        seeds = setting.get("seeds", self.preset["seeds"][:1])
+        unknown = sorted(set(seeds) - set(self.preset["seeds"]))
+        if unknown:
+            raise BenchmarkError(f"preset {self.preset_name}: tuning setting '{setting['label']}' names seeds "
+                                 f"{unknown} that the preset does not have ({self.preset['seeds']})")
+        return list(seeds)
+
+    def tune_seeds(self, family):
+        """Every seed some tuning setting of ``family`` runs, in the preset's order."""
+        wanted = {s for m in self.preset["families"][family]["methods"] for st in self.settings(m, family)
+                  for s in self.setting_seeds(st)}
+        return [s for s in self.preset["seeds"] if s in wanted]
 
     def _check_distinct(self):
         """Two planned runs must not train the same config into the same folder (e.g. two tuning settings that
@@ -353,12 +400,12 @@ class Benchmark:
             "_BASE_CONFIG_": str(self.base_cfg_file(run)),
             "DATA_CONFIG": dict(copy.deepcopy(self.preset.get("data_overrides", {})), DATA_PATH=str(self.data_dir)),
             "MODEL": self.model_widths(run),
-            "OPTIMIZATION": dict(self.preset.get("optimization_overrides", {}), NUM_EPOCHS=run.epochs,
-                                 BATCH_SIZE_PER_GPU=self.preset["batch_size"]),
+            "OPTIMIZATION": dict(self.preset.get("optimization_overrides", {}), **recipe_overrides(run),
+                                 NUM_EPOCHS=run.epochs, BATCH_SIZE_PER_GPU=self.preset["batch_size"]),
         }
         if run.is_kd:
             kd_block = load_yaml(CFGS / KD_BLOCKS[run.method][run.family])["KD"]
-            kd_block = merge_kd_overrides(kd_block, run.overrides)
+            kd_block = merge_kd_overrides(kd_block, {k: v for k, v in run.overrides.items() if k != "OPTIMIZATION"})
             teacher = run.teacher
             kd_block["TEACHER"] = dict(self.preset.get("teacher_overrides", {}),
                                        CFG_FILE=str(self.teacher_cfg_file(teacher)), CKPT=str(self.ckpt_path(teacher)))

@@ -5,6 +5,7 @@ import math
 import statistics
 from pathlib import Path
 
+from .plan import recipe_key
 from .presets import METHOD_LABELS, METHOD_ORDER
 from .stats import fmt_interval, paired_gains, t_interval
 
@@ -36,6 +37,7 @@ def collect(bench, split, class_names=CLASSES):
             curve.append([run.epochs, moderate_map(m, class_names)])
         records.append(dict(
             family=run.family, method=run.method, label=run.label, width=run.width, seed=run.seed,
+            recipe=list(recipe_key(run)),
             zoo=run.zoo, map3d_mod=moderate_map(m, class_names), mapbev_mod=moderate_map(m, class_names, "bev"),
             maploose_mod=moderate_map(m, class_names, "3d", "_loose"),
             per_class={c: m.get(f"{c}_3d/moderate_R40", float("nan")) for c in class_names},
@@ -71,6 +73,16 @@ def collect_by_cpu_kind(bench, split, bench_for_kind):
         else:
             chosen += mine
     return chosen, kinds
+
+
+def collect_all_cpu_kinds(bench, split, bench_for_kind):
+    """``collect`` over both CPU kinds (on a CPU device), each record tagged ``native_bf16`` (None off the CPU):
+    the tuning report shows each kind's sweep apart, never pairing runs of different kinds."""
+    here = bench.cpu_native_bf16() if bench.device == "cpu" else None
+    records = [dict(r, native_bf16=here) for r in collect(bench, split)]
+    if here is not None:
+        records += [dict(r, native_bf16=not here) for r in collect(bench_for_kind(not here), split)]
+    return records
 
 
 def _by_seed(records, family, width, method, label=""):
@@ -192,31 +204,79 @@ def results_json(records, teachers):
     return {"split": "val", "runs": runs, "teachers": teach}
 
 
+def _kind_label(native_bf16):
+    if native_bf16 is None:
+        return ""
+    return ("bf16 autocast runs (CPUs with native bf16)" if native_bf16 else
+            "float32 runs (CPUs without native bf16)")
+
+
+def tuning_rows(records, family):
+    """One row per (width, method, label) of ``family`` (records of one CPU kind): its seeds, per-seed 3D mAP,
+    means, and the paired difference per seed from its baseline: a student-alone recipe from the preset's own
+    recipe (label ''), a distilled run from the student alone trained with the same recipe."""
+    fam = [r for r in records if r["family"] == family]
+    groups = {}
+    for r in fam:
+        groups.setdefault((r["width"], r["method"], r["label"]), []).append(r)
+    rows = []
+    for (width, method, label), recs in sorted(groups.items(), key=lambda kv: (
+            -kv[0][0] if kv[0][1] != "teacher" else -1e9, METHOD_ORDER.index(kv[0][1]), kv[0][2])):
+        maps = {r["seed"]: r["map3d_mod"] for r in recs}
+        diffs = []
+        if method not in ("teacher",) and not (method == "none" and label == ""):
+            for r in recs:
+                base = [b for b in fam if b["method"] == "none" and b["width"] == width and b["seed"] == r["seed"]
+                        and (b["label"] == "" if method == "none" else b.get("recipe") == r.get("recipe"))]
+                if base:
+                    diffs.append((r["seed"], r["map3d_mod"] - base[0]["map3d_mod"]))
+        rows.append(dict(width=width, method=method, label=label, per_seed=dict(sorted(maps.items())),
+                         map3d=t_interval(list(maps.values())),
+                         mapbev=statistics.fmean(r["mapbev_mod"] for r in recs), diffs=sorted(diffs),
+                         diff=t_interval([d for _, d in diffs]) if diffs else None,
+                         curve=next((r["curve"] for r in recs if r.get("curve")), None)))
+    return rows
+
+
 def tuning_markdown(bench, records):
-    """The sweep table on the tuning split: each setting's mAP and its difference from the student alone."""
+    """The sweep on the tuning split, per family and CPU kind: each setting's seeds, per-seed and mean mAP, and its
+    paired difference from its baseline (``tuning_rows``) with a 95% t-interval where it has several seeds."""
     lines = [f"# KD benchmark, preset `{bench.preset_name}`: tuning sweep (tune split)", "",
-             f"Seed {bench.preset['seeds'][0]}; each setting is one run trained on train and evaluated on the "
-             f"tuning split; the settings frozen into the preset (`kd_overrides`) are chosen from this table.", ""]
+             f"Each setting is trained on train and evaluated on the tuning split, with seed "
+             f"{bench.preset['seeds'][0]} unless its row lists more; the settings frozen into the preset "
+             f"(`kd_overrides`, the student recipe) are chosen from these tables. The difference is paired by seed: "
+             f"a student-alone recipe against the preset's own recipe ('-'), a distilled run against the student "
+             f"alone trained with the same recipe. Runs of the two CPU kinds (bf16 autocast where the CPU has native "
+             f"bf16, float32 elsewhere) are different runs and are never paired.", ""]
     for family in bench.families:
-        fam = [r for r in records if r["family"] == family]
-        if not fam:
-            continue
-        lines += [f"## {family}", "", "| width | method | setting | overrides | 3D mAP mod | BEV mAP mod | "
-                  "difference from alone |", "|---|---|---|---|---|---|---|"]
-        alone = {r["width"]: r["map3d_mod"] for r in fam if r["method"] == "none"}
-        for r in sorted(fam, key=lambda r: (METHOD_ORDER.index(r["method"]), r["label"])):
-            run = next(x for x in bench.runs if x.family == family and x.method == r["method"]
-                       and x.label == r["label"] and x.width == r["width"])
-            diff = r["map3d_mod"] - alone[r["width"]] if r["width"] in alone and r["method"] not in (
-                "none", "teacher") else None
-            lines.append(f"| {r['width']} | {METHOD_LABELS[r['method']]} | {r['label'] or '-'} | "
-                         f"`{json.dumps(run.overrides) if run.overrides else '-'}` | {r['map3d_mod']:.2f} | "
-                         f"{r['mapbev_mod']:.2f} | {'-' if diff is None else f'{diff:+.2f}'} |")
-        curve = next((r["curve"] for r in fam if r["method"] == "none" and r["curve"]), None)
-        if curve:
-            lines += ["", "Student-alone learning curve on the tuning split: "
-                      + ", ".join(f"{e}: {v:.2f}" for e, v in curve)]
-        lines.append("")
+        kinds = []
+        for r in records:
+            if r["family"] == family and r.get("native_bf16") not in kinds:
+                kinds.append(r.get("native_bf16"))
+        for kind in sorted(kinds, key=lambda k: (k is None, not k)):
+            recs = [r for r in records if r["family"] == family and r.get("native_bf16") == kind]
+            if not any(r["method"] != "teacher" for r in recs):
+                continue
+            title = f"## {family}" + (f": {_kind_label(kind)}" if kind is not None else "")
+            lines += [title, "", "| width | method | setting | overrides | seeds | 3D mAP mod (per seed) | "
+                      "3D mAP mod mean | BEV mAP mod mean | paired difference [95% CI] | per-seed differences |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for row in tuning_rows(recs, family):
+                run = next((x for x in bench.runs if x.family == family and x.method == row["method"]
+                            and x.label == row["label"] and x.width == row["width"]), None)
+                ov = run.overrides if run is not None else {}
+                diff = "-" if row["diff"] is None else fmt_interval(*row["diff"])
+                per = " ".join(f"s{s}: {v:.2f}" for s, v in row["per_seed"].items())
+                dper = " ".join(f"s{s}: {d:+.2f}" for s, d in row["diffs"]) or "-"
+                lines.append(f"| {row['width']} | {METHOD_LABELS[row['method']]} | {row['label'] or '-'} | "
+                             f"`{json.dumps(ov) if ov else '-'}` | {len(row['per_seed'])} | {per} | "
+                             f"{_ci(*row['map3d'])} | {row['mapbev']:.2f} | {diff} | {dper} |")
+            for row in tuning_rows(recs, family):
+                if row["method"] == "none" and row["curve"]:
+                    name = "the preset's recipe" if not row["label"] else f"recipe {row['label']}"
+                    lines += ["", f"Student-alone learning curve on the tuning split ({name}, seed "
+                              f"{bench.preset['seeds'][0]}): " + ", ".join(f"{e}: {v:.2f}" for e, v in row["curve"])]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
