@@ -270,6 +270,25 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
                   zoo_manifest=_manifest(tmp_path))
 
 
+def test_settings_filter_keeps_only_those_tuning_settings(tmp_path):
+    bench = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
+                      families=["pointpillar"], zoo_manifest=_manifest(tmp_path), methods=["pointdistiller", "none"],
+                      settings=["tau1", "lr0.001"])
+    assert sorted(r.name for r in bench.runs if r.method != "teacher") == sorted(
+        [f"pointpillar_none_w0.25_s{s}_lr0.001" for s in (0, 1, 2)] + ["pointpillar_pointdistiller_w0.25_s0_tau1"])
+    assert any(r.method == "teacher" and r.zoo for r in bench.runs)
+    fit = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
+                    families=["pointpillar"], zoo_manifest=_manifest(tmp_path), methods=["fitnet"],
+                    settings=["default"])
+    assert [r.label for r in fit.runs if r.method != "teacher"] == ["default"]
+    with pytest.raises(BenchmarkError, match="no tuning settings"):
+        Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
+                  families=["pointpillar"], zoo_manifest=_manifest(tmp_path), settings=["nope"])
+    with pytest.raises(BenchmarkError, match="needs --tune"):
+        Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", families=["pointpillar"],
+                  zoo_manifest=_manifest(tmp_path), settings=["tau1"])
+
+
 def test_tuning_report_pairs_recipes_and_methods_by_seed_and_recipe(tmp_path):
     preset = _preset_with(fitnet={"pointpillar": [
         {"label": "default", "overrides": {}, "seeds": [0, 1, 2]},

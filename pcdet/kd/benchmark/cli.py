@@ -43,6 +43,9 @@ def parse_args(argv):
     parser.add_argument("--seeds", nargs="*", type=int, default=None,
                         help="only these of the preset's seeds (final runs; the student-alone learning curve is "
                              "evaluated for the preset's first seed only)")
+    parser.add_argument("--settings", nargs="*", default=None,
+                        help="--tune only: only the tuning settings with these labels ('' or 'default' for a "
+                             "method's own)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--tune", action="store_true", help="run the tuning sweep, evaluated on the tune split")
     mode.add_argument("--retrain-teachers", dest="retrain_teachers", action="store_true",
@@ -101,7 +104,7 @@ def main(argv=None):
 
         bench = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, families=args.family,
                           zoo_manifest=manifest, results_dir=results_dir, methods=args.methods, device=device,
-                          seeds=args.seeds)
+                          seeds=args.seeds, settings=args.settings)
         splits = ("tune",) if mode == "tune" else ("val",)
         runner = Runner(bench, device=device, threads=args.threads, jobs=args.jobs, log=log, eval_splits=splits)
         log(f"preset {args.preset}, mode {mode}, families {bench.families}: {len(bench.runs)} runs, "

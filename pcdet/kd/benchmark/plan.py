@@ -109,7 +109,7 @@ class Benchmark:
     """
 
     def __init__(self, preset_name, preset, work_dir, data_dir, mode="final", families=None, zoo_manifest=None,
-                 results_dir=None, methods=None, device="cpu", seeds=None, native_bf16=None):
+                 results_dir=None, methods=None, device="cpu", seeds=None, native_bf16=None, settings=None):
         if mode not in ("final", "tune", "teachers"):
             raise BenchmarkError(f"benchmark mode must be final, tune or teachers, got {mode!r}")
         self.preset_name = preset_name
@@ -150,6 +150,20 @@ class Benchmark:
             # a zoo teacher stays (it is evaluated, not trained) so the report has its row; a kept run keeps the
             # teacher it depends on
             keep = [r for r in self.runs if r.method in methods or (r.method == "teacher" and r.zoo)]
+            for r in list(keep):
+                keep += [d for d in r.deps if d not in keep]
+            self.runs = [r for r in self.runs if r in keep]
+        if settings is not None:
+            if mode != "tune":
+                raise BenchmarkError("--settings selects tuning settings: it needs --tune")
+            wanted = {"" if s == "default" else s for s in settings}
+            labels = {"" if r.label == "default" else r.label for r in self.runs if r.method != "teacher"}
+            unknown = sorted(wanted - labels)
+            if unknown:
+                raise BenchmarkError(f"preset {preset_name}: no tuning settings {unknown} among the planned runs "
+                                     f"(labels {sorted(labels)})")
+            keep = [r for r in self.runs if ("" if r.label == "default" else r.label) in wanted
+                    or (r.method == "teacher" and r.zoo)]
             for r in list(keep):
                 keep += [d for d in r.deps if d not in keep]
             self.runs = [r for r in self.runs if r in keep]
