@@ -241,7 +241,8 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
     # KD settings keep the single tuning seed
     assert {r.seed for r in bench.runs if r.method not in ("none", "teacher")} == {PRESETS["cpu"]["seeds"][0]}
     base = next(r for r in alone if r.label == "" and r.seed == 1)
-    low = next(r for r in alone if r.label == "lr0.001" and r.seed == 1)
+    low = next(r for r in alone if r.label == "lr0.001" and r.seed == 0)
+    base = next(r for r in alone if r.label == "" and r.seed == 0)
     cfg_base, cfg_low = (cfg_from_yaml_file(bench.write_cfg(r)) for r in (base, low))
     assert cfg_low.OPTIMIZATION.LR == 0.001 and cfg_base.OPTIMIZATION.LR == 0.003
     cfg_low.OPTIMIZATION.LR = 0.003
@@ -250,7 +251,11 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
     # the preset's recipe on seed 1 is the final table's student alone of seed 1: one training, reused
     final = _bench(tmp_path, "cpu", families=["pointpillar"])
     same = next(r for r in final.runs if r.method == "none" and r.seed == 1)
-    assert final.run_dir(same) == bench.run_dir(base) and final.cfg_text(same) == bench.cfg_text(base)
+    base1 = next(r for r in alone if r.label == "" and r.seed == 1)
+    assert final.run_dir(same) == bench.run_dir(base1) and final.cfg_text(same) == bench.cfg_text(base1)
+    e18 = [r for r in alone if r.label == "e18"]
+    assert e18 and all(r.epochs == 18 and cfg_from_yaml_file(bench.write_cfg(r)).OPTIMIZATION.NUM_EPOCHS == 18
+                       for r in e18)
     # a distillation setting with a recipe: OPTIMIZATION goes to the config, never into the KD block
     preset = _preset_with(fitnet={"pointpillar": [
         {"label": "lr", "overrides": {"OPTIMIZATION": {"LR": 0.001}, "LOSS_WEIGHT": 2.0}, "epochs": 6}]})
@@ -273,9 +278,9 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
 def test_settings_filter_keeps_only_those_tuning_settings(tmp_path):
     bench = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
                       families=["pointpillar"], zoo_manifest=_manifest(tmp_path), methods=["pointdistiller", "none"],
-                      settings=["tau1", "lr0.001"])
+                      settings=["tau1", "e18"])
     assert sorted(r.name for r in bench.runs if r.method != "teacher") == sorted(
-        [f"pointpillar_none_w0.25_s{s}_lr0.001" for s in (0, 1, 2)] + ["pointpillar_pointdistiller_w0.25_s0_tau1"])
+        [f"pointpillar_none_w0.25_s{s}_e18" for s in (0, 1, 2)] + ["pointpillar_pointdistiller_w0.25_s0_tau1"])
     assert any(r.method == "teacher" and r.zoo for r in bench.runs)
     fit = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
                     families=["pointpillar"], zoo_manifest=_manifest(tmp_path), methods=["fitnet"],
@@ -548,5 +553,14 @@ def test_seeds_filter_plans_only_those_seeds_and_keeps_their_configs(tmp_path):
     assert by_name["centerpoint_pillar_none_w0.125_s0"].curve is True
     with pytest.raises(BenchmarkError, match=r"no seeds \[7\]"):
         Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", seeds=[7], **kw)
-    with pytest.raises(BenchmarkError, match="--seeds selects final runs"):
-        Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="tune", seeds=[0], **kw)
+    with pytest.raises(BenchmarkError, match="--seeds selects student runs"):
+        Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="teachers", seeds=[0], **kw)
+    # tune mode: the settings' own seeds, restricted to those asked for (same configs as the full sweep)
+    kw = dict(families=["pointpillar"], zoo_manifest=kw["zoo_manifest"])
+    tune_full = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="tune", **kw)
+    tune_part = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="tune", seeds=[1], **kw)
+    assert any(r.method == "none" for r in tune_part.runs)
+    assert {r.seed for r in tune_part.runs if r.method != "teacher"} == {1}
+    assert {r.name for r in tune_part.runs} == {r.name for r in tune_full.runs if r.seed == 1 or r.zoo}
+    for run in tune_part.runs:
+        assert tune_part.cfg_hash(run) == next(tune_full.cfg_hash(x) for x in tune_full.runs if x.name == run.name)

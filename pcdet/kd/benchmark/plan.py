@@ -131,14 +131,16 @@ class Benchmark:
         self.native_bf16 = native_bf16
         self._data_sig = None
         if seeds is not None:
-            if mode != "final":
-                raise BenchmarkError(f"--seeds selects final runs; mode {mode!r} has its own seeds (tune: "
-                                     f"seeds[0] = {preset['seeds'][0]})")
+            if mode == "teachers":
+                raise BenchmarkError("--seeds selects student runs; --retrain-teachers trains every teacher")
             unknown_seeds = sorted(set(seeds) - set(preset["seeds"]))
             if unknown_seeds:
                 raise BenchmarkError(f"preset {preset_name}: no seeds {unknown_seeds} (has {preset['seeds']})")
         self.seeds = [s for s in preset["seeds"] if seeds is None or s in seeds]
         self.runs = self._plan()
+        if seeds is not None and mode == "tune":
+            # the tuning settings name their own seeds; --seeds keeps those of them (a zoo teacher stays)
+            self.runs = [r for r in self.runs if r.seed in seeds or (r.method == "teacher" and r.zoo)]
         if methods:
             known = {m for f in self.families for m in preset["families"][f]["methods"]} | {"teacher"}
             unknown_methods = sorted(set(methods) - known)
