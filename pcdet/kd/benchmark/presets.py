@@ -139,10 +139,8 @@ PRESETS = {
                 {"label": "tau1_w8", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 8.0}},
                 # KD_METHODS.md: the authors' trainable teacher-side layer against our 'frozen' default, decided here
                 {"label": "tau1_trainable", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 2.0, "TEACHER_GRAPH": "trainable"}},
-                # the frozen setting trained with the LR 0.001 recipe of the student sweep above (registered
-                # 2026-12-07 before any run of that recipe had finished); paired with the student alone of that recipe
-                {"label": "tau1_lr0.001", "overrides": {"TAU": 1.0, "LOSS_WEIGHT": 2.0,
-                                                        "OPTIMIZATION": {"LR": 0.001}}},
+                # (tau1_lr0.001, the frozen setting with the LR 0.001 recipe, was registered on 2026-12-07 and
+                # withdrawn unrun when that recipe was stopped)
             ]},
             "itkd": {"centerpoint_pillar": [
                 {"label": "default", "overrides": {"AE": {"WEIGHT": 0.5}, "KD": {"DET_LOSS_WEIGHT": 0.5}}},
