@@ -240,7 +240,6 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
                                                               for seed in s["seeds"])
     # KD settings keep the single tuning seed
     assert {r.seed for r in bench.runs if r.method not in ("none", "teacher")} == {PRESETS["cpu"]["seeds"][0]}
-    base = next(r for r in alone if r.label == "" and r.seed == 1)
     low = next(r for r in alone if r.label == "lr0.001" and r.seed == 0)
     base = next(r for r in alone if r.label == "" and r.seed == 0)
     cfg_base, cfg_low = (cfg_from_yaml_file(bench.write_cfg(r)) for r in (base, low))
@@ -286,6 +285,11 @@ def test_settings_filter_keeps_only_those_tuning_settings(tmp_path):
                     families=["pointpillar"], zoo_manifest=_manifest(tmp_path), methods=["fitnet"],
                     settings=["default"])
     assert [r.label for r in fit.runs if r.method != "teacher"] == ["default"]
+    # '' is the student alone's own recipe only, never a KD method's 'default'
+    own = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
+                    families=["pointpillar"], zoo_manifest=_manifest(tmp_path), settings=[""])
+    assert sorted(r.name for r in own.runs if r.method != "teacher") == [
+        f"pointpillar_none_w0.25_s{s}" for s in (0, 1, 2)]
     with pytest.raises(BenchmarkError, match="no tuning settings"):
         Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
                   families=["pointpillar"], zoo_manifest=_manifest(tmp_path), settings=["nope"])
@@ -294,10 +298,41 @@ def test_settings_filter_keeps_only_those_tuning_settings(tmp_path):
                   zoo_manifest=_manifest(tmp_path), settings=["tau1"])
 
 
+def test_tune_mode_drops_unused_teachers_and_frozen_recipes_are_refused(tmp_path):
+    preset = json.loads(json.dumps(PRESETS["mini"]))
+    preset["tuning"] = {"none": {"pointpillar": [{"label": "", "overrides": {}, "seeds": [0, 1]}]}}
+    bench = Benchmark("mini", preset, tmp_path / "w", tmp_path / "d", mode="tune", families=["pointpillar"])
+    teachers = [r.name for r in bench.runs if r.method == "teacher"]
+    assert teachers == ["pointpillar_teacher_w0.5_s0"]      # seed 1 runs only the student alone
+    assert {r.seed for r in bench.runs if r.method == "none"} == {0, 1}
+    bad = json.loads(json.dumps(PRESETS["cpu"]))
+    bad["kd_overrides"]["fitnet"] = {"pointpillar": {"OPTIMIZATION": {"LR": 0.001}}}
+    with pytest.raises(BenchmarkError, match=r"kd_overrides\[fitnet\]\[pointpillar\] sets a training recipe"):
+        Benchmark("cpu", bad, tmp_path / "w", tmp_path / "d", zoo_manifest=_manifest(tmp_path))
+
+
+def test_committed_results_keep_their_config_hashes():
+    """The result files committed for the cpu preset are found under the hashes the plan computes now (a change of
+    the derived configs would orphan them)."""
+    repo = TOOLS.parent
+    for native, names in ((False, ["pointpillar_none_w0.25_s0", "pointpillar_teacher_zoo"]),
+                          (True, ["pointpillar_none_w0.25_s0", "pointpillar_pointdistiller_w0.25_s0_tau1",
+                                  "centerpoint_pillar_itkd_w0.125_s0_ae5_det1"])):
+        bench = Benchmark("cpu", PRESETS["cpu"], repo / "output" / "benchmark_kd" / "cpu",
+                          repo / "data" / "synthetic_kitti_cpu", mode="tune",
+                          zoo_manifest=repo / "model_zoo" / "manifest.json",
+                          results_dir=repo / "docs" / "benchmark_runs" / "cpu", native_bf16=native)
+        for name in names:
+            run = next(r for r in bench.runs if r.name == name)
+            assert bench.result_path(run, "tune").is_file(), (native, name, bench.cfg_hash(run))
+
+
 def test_tuning_report_pairs_recipes_and_methods_by_seed_and_recipe(tmp_path):
     preset = _preset_with(fitnet={"pointpillar": [
         {"label": "default", "overrides": {}, "seeds": [0, 1, 2]},
-        {"label": "lr", "overrides": {"OPTIMIZATION": {"LR": 0.001}}, "seeds": [0, 1, 2]}]})
+        {"label": "lr", "overrides": {"OPTIMIZATION": {"LR": 0.001}}, "seeds": [0, 1, 2]}]},
+        none={"pointpillar": [{"label": "", "overrides": {}, "seeds": [0, 1, 2]},
+                              {"label": "lr0.001", "overrides": {"OPTIMIZATION": {"LR": 0.001}}, "seeds": [0, 1, 2]}]})
     bench = Benchmark("cpu", preset, tmp_path / "work", tmp_path / "data", mode="tune", families=["pointpillar"],
                       zoo_manifest=_manifest(tmp_path))
     # student alone: 10 + seed (own recipe), 13 + 2 seed (lr0.001); FitNet = its recipe's student alone + 1 / - 2
@@ -322,6 +357,9 @@ def test_tuning_report_pairs_recipes_and_methods_by_seed_and_recipe(tmp_path):
     assert rows[("none", "")]["diff"] is None and rows[("none", "")]["per_seed"] == {0: 10.0, 1: 11.0, 2: 12.0}
     text = rep.tuning_markdown(bench, records)
     assert "float32 runs" in text and "bf16 autocast runs" not in text
+    # a run listed under both kinds (its hash does not depend on the kind) is shown once
+    both = rep.collect_all_cpu_kinds(bench, "tune", lambda bf16: bench)
+    assert len(both) == len(records)
     line = next(l for l in text.splitlines() if "| Student alone | lr0.001 |" in l)
     assert "s0: 13.00 s1: 15.00 s2: 17.00" in line and fmt_interval(*t_interval([3.0, 4.0, 5.0])) in line
 
@@ -559,8 +597,7 @@ def test_seeds_filter_plans_only_those_seeds_and_keeps_their_configs(tmp_path):
     kw = dict(families=["pointpillar"], zoo_manifest=kw["zoo_manifest"])
     tune_full = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="tune", **kw)
     tune_part = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="tune", seeds=[1], **kw)
-    assert any(r.method == "none" for r in tune_part.runs)
-    assert {r.seed for r in tune_part.runs if r.method != "teacher"} == {1}
-    assert {r.name for r in tune_part.runs} == {r.name for r in tune_full.runs if r.seed == 1 or r.zoo}
+    assert {r.name for r in tune_part.runs} == {"pointpillar_teacher_zoo", "pointpillar_none_w0.25_s1",
+                                                "pointpillar_none_w0.25_s1_e18"}
     for run in tune_part.runs:
         assert tune_part.cfg_hash(run) == next(tune_full.cfg_hash(x) for x in tune_full.runs if x.name == run.name)

@@ -40,10 +40,10 @@ def parse_args(argv):
     parser.add_argument("--methods", nargs="*", default=None,
                         help="only these methods of each family (e.g. none: the student-alone runs, which need no "
                              "teacher); the report still covers every result present")
-    parser.add_argument("--seeds", nargs="*", type=int, default=None,
-                        help="only these of the preset's seeds (final runs; the student-alone learning curve is "
-                             "evaluated for the preset's first seed only)")
-    parser.add_argument("--settings", nargs="*", default=None,
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="only these of the preset's seeds (final runs; with --tune: of the tuning settings' "
+                             "own seeds); the student-alone learning curve is evaluated for the first seed only")
+    parser.add_argument("--settings", nargs="+", default=None,
                         help="--tune only: only the tuning settings with these labels ('' or 'default' for a "
                              "method's own)")
     mode = parser.add_mutually_exclusive_group()
@@ -123,25 +123,29 @@ def main(argv=None):
         # the report covers every family of the preset that has results (earlier invocations included)
         full = Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest,
                          results_dir=results_dir, device=device)
-        records, kinds = collect_by_cpu_kind(full, splits[0], lambda bf16: Benchmark(
-            args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest, results_dir=results_dir,
-            device=device, native_bf16=bf16))
-        here = full.cpu_native_bf16() if device == "cpu" else None
-        for family, kind in sorted(kinds.items()):
-            if kind != here:
-                log(f"report: {family} shows the runs of a CPU {'with' if kind else 'without'} native bf16 (they "
-                    f"include the student-alone runs, or outnumber this machine's kind's; the kinds are never paired)")
+
+        def for_kind(bf16):
+            return Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest,
+                             results_dir=results_dir, device=device, native_bf16=bf16)
+
         walls = _record_wall(results_dir, work_dir, mode, bench.families, None if args.report_only else wall)
         if mode == "tune":
-            records = collect_all_cpu_kinds(full, splits[0], lambda bf16: Benchmark(
-                args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest, results_dir=results_dir,
-                device=device, native_bf16=bf16))
+            # the sweep shows each CPU kind's runs apart (never paired across kinds)
+            records = collect_all_cpu_kinds(full, splits[0], for_kind)
             text = tuning_markdown(full, records)
             (docs / f"results_{args.preset}_tuning.md").write_text(text)
             (docs / f"results_{args.preset}_tuning.json").write_text(json.dumps(
                 {"split": "tune", "runs": records}, indent=1, default=str) + "\n")
         else:
             from ...model_zoo import load_manifest
+
+            records, kinds = collect_by_cpu_kind(full, splits[0], for_kind)
+            here = full.cpu_native_bf16() if device == "cpu" else None
+            for family, kind in sorted(kinds.items()):
+                if kind != here:
+                    log(f"report: {family} shows the runs of a CPU {'with' if kind else 'without'} native bf16 "
+                        f"(they include the student-alone runs, or outnumber this machine's kind's; the kinds are "
+                        f"never paired)")
 
             teachers = [t for t in load_manifest(manifest)["teachers"]
                         if any(f"zoo:{t['name']}" == fam.get("teacher") for fam in preset["families"].values())]

@@ -84,8 +84,8 @@ def recipe_overrides(run):
 
 
 def recipe_key(run):
-    """What pairs a distilled run with a student alone: the same seed and width trained with the same recipe
-    (schedule length and OPTIMIZATION overrides)."""
+    """A run's training recipe: (schedule length, OPTIMIZATION overrides as sorted JSON). The tuning report pairs
+    a distilled run with the student alone of the same seed, width and recipe."""
     return run.epochs, json.dumps(recipe_overrides(run), sort_keys=True)
 
 
@@ -102,10 +102,11 @@ def merge_kd_overrides(kd_block, overrides):
 class Benchmark:
     """The runs of ``preset`` under ``work_dir`` on the dataset at ``data_dir``.
 
-    ``mode``: 'final' (every method with the frozen overrides, every seed), 'tune' (seed ``seeds[0]``, each
-    tuning setting) or 'teachers' (train the zoo teachers and their 1.5x-epochs runs). ``families`` restricts the
-    plan to those families, ``methods`` to those methods' runs and ``seeds`` ('final' mode) to those of the
-    preset's seeds.
+    ``mode``: 'final' (every method with the frozen overrides, every seed), 'tune' (each tuning setting on its
+    ``seeds``, by default ``seeds[0]``) or 'teachers' (train the zoo teachers and their 1.5x-epochs runs).
+    ``families`` restricts the plan to those families, ``methods`` to those methods' runs, ``seeds`` to those of
+    the preset's seeds (in 'tune' mode: of the settings' own seeds) and ``settings`` ('tune' mode) to the tuning
+    settings with those labels.
     """
 
     def __init__(self, preset_name, preset, work_dir, data_dir, mode="final", families=None, zoo_manifest=None,
@@ -136,6 +137,13 @@ class Benchmark:
             unknown_seeds = sorted(set(seeds) - set(preset["seeds"]))
             if unknown_seeds:
                 raise BenchmarkError(f"preset {preset_name}: no seeds {unknown_seeds} (has {preset['seeds']})")
+        for method, per_family in preset.get("kd_overrides", {}).items():
+            for family, ov in per_family.items():
+                if "OPTIMIZATION" in ov or "epochs" in ov:
+                    raise BenchmarkError(f"preset {preset_name}: kd_overrides[{method}][{family}] sets a training "
+                                         f"recipe (OPTIMIZATION / epochs); a recipe is frozen for every method of a "
+                                         f"family (student_epochs, optimization_overrides), so that the paired "
+                                         f"student alone shares it")
         self.seeds = [s for s in preset["seeds"] if seeds is None or s in seeds]
         self.runs = self._plan()
         if seeds is not None and mode == "tune":
@@ -158,14 +166,18 @@ class Benchmark:
         if settings is not None:
             if mode != "tune":
                 raise BenchmarkError("--settings selects tuning settings: it needs --tune")
-            wanted = {"" if s == "default" else s for s in settings}
-            labels = {"" if r.label == "default" else r.label for r in self.runs if r.method != "teacher"}
-            unknown = sorted(wanted - labels)
+            # a KD method's own setting is 'default'; the student alone's own recipe is '' (also named 'default')
+            def selected(r):
+                return r.label in settings or (r.method == "none" and r.label == "" and "default" in settings)
+
+            if not settings:
+                raise BenchmarkError("--settings needs at least one label")
+            labels = {r.label for r in self.runs if r.method != "teacher"}
+            unknown = sorted(set(settings) - labels - ({"default"} if "" in labels else set()))
             if unknown:
                 raise BenchmarkError(f"preset {preset_name}: no tuning settings {unknown} among the planned runs "
                                      f"(labels {sorted(labels)})")
-            keep = [r for r in self.runs if ("" if r.label == "default" else r.label) in wanted
-                    or (r.method == "teacher" and r.zoo)]
+            keep = [r for r in self.runs if selected(r) or (r.method == "teacher" and r.zoo)]
             for r in list(keep):
                 keep += [d for d in r.deps if d not in keep]
             self.runs = [r for r in self.runs if r in keep]
@@ -230,6 +242,11 @@ class Benchmark:
                             if run.teacher is not None and not run.teacher.zoo:
                                 run.deps.append(run.teacher)
                             runs.append(run)
+        if self.mode == "tune":
+            # a trained teacher of a seed that only student-alone recipes run is not needed (seeds[0]'s stays)
+            used = {id(d) for r in runs for d in r.deps}
+            runs = [r for r in runs if not (r.method == "teacher" and not r.zoo and id(r) not in used
+                                            and r.seed != p["seeds"][0])]
         return runs
 
     def settings(self, method, family):

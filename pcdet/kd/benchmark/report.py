@@ -37,7 +37,7 @@ def collect(bench, split, class_names=CLASSES):
             curve.append([run.epochs, moderate_map(m, class_names)])
         records.append(dict(
             family=run.family, method=run.method, label=run.label, width=run.width, seed=run.seed,
-            recipe=list(recipe_key(run)),
+            recipe=list(recipe_key(run)), name=run.name, cfg_hash=bench.cfg_hash(run),
             zoo=run.zoo, map3d_mod=moderate_map(m, class_names), mapbev_mod=moderate_map(m, class_names, "bev"),
             maploose_mod=moderate_map(m, class_names, "3d", "_loose"),
             per_class={c: m.get(f"{c}_3d/moderate_R40", float("nan")) for c in class_names},
@@ -81,7 +81,10 @@ def collect_all_cpu_kinds(bench, split, bench_for_kind):
     here = bench.cpu_native_bf16() if bench.device == "cpu" else None
     records = [dict(r, native_bf16=here) for r in collect(bench, split)]
     if here is not None:
-        records += [dict(r, native_bf16=not here) for r in collect(bench_for_kind(not here), split)]
+        # a run whose hash does not depend on the kind (no 'auto' precision, a zoo teacher) is listed once
+        seen = {(r["name"], r["cfg_hash"]) for r in records}
+        records += [dict(r, native_bf16=not here) for r in collect(bench_for_kind(not here), split)
+                    if (r["name"], r["cfg_hash"]) not in seen]
     return records
 
 
@@ -230,7 +233,8 @@ def tuning_rows(records, family):
                         and (b["label"] == "" if method == "none" else b.get("recipe") == r.get("recipe"))]
                 if base:
                     diffs.append((r["seed"], r["map3d_mod"] - base[0]["map3d_mod"]))
-        rows.append(dict(width=width, method=method, label=label, per_seed=dict(sorted(maps.items())),
+        rows.append(dict(width=width, method=method, label=label, epochs=recs[0]["epochs"],
+                         per_seed=dict(sorted(maps.items())),
                          map3d=t_interval(list(maps.values())),
                          mapbev=statistics.fmean(r["mapbev_mod"] for r in recs), diffs=sorted(diffs),
                          diff=t_interval([d for _, d in diffs]) if diffs else None,
@@ -242,8 +246,8 @@ def tuning_markdown(bench, records):
     """The sweep on the tuning split, per family and CPU kind: each setting's seeds, per-seed and mean mAP, and its
     paired difference from its baseline (``tuning_rows``) with a 95% t-interval where it has several seeds."""
     lines = [f"# KD benchmark, preset `{bench.preset_name}`: tuning sweep (tune split)", "",
-             f"Each setting is trained on train and evaluated on the tuning split, with seed "
-             f"{bench.preset['seeds'][0]} unless its row lists more; the settings frozen into the preset "
+             f"Each setting is trained on train and evaluated on the tuning split, on the seeds its row lists; the "
+             f"settings frozen into the preset "
              f"(`kd_overrides`, the student recipe) are chosen from these tables. The difference is paired by seed: "
              f"a student-alone recipe against the preset's own recipe ('-'), a distilled run against the student "
              f"alone trained with the same recipe. Runs of the two CPU kinds (bf16 autocast where the CPU has native "
@@ -258,18 +262,20 @@ def tuning_markdown(bench, records):
             if not any(r["method"] != "teacher" for r in recs):
                 continue
             title = f"## {family}" + (f": {_kind_label(kind)}" if kind is not None else "")
-            lines += [title, "", "| width | method | setting | overrides | seeds | 3D mAP mod (per seed) | "
+            lines += [title, "", "| width | method | setting | overrides | epochs | seeds | 3D mAP mod (per seed) | "
                       "3D mAP mod mean | BEV mAP mod mean | paired difference [95% CI] | per-seed differences |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             for row in tuning_rows(recs, family):
                 run = next((x for x in bench.runs if x.family == family and x.method == row["method"]
                             and x.label == row["label"] and x.width == row["width"]), None)
                 ov = run.overrides if run is not None else {}
-                diff = "-" if row["diff"] is None else fmt_interval(*row["diff"])
+                baseline = row["method"] == "teacher" or (row["method"] == "none" and not row["label"])
+                diff = fmt_interval(*row["diff"]) if row["diff"] is not None else (
+                    "-" if baseline else "no student alone of this recipe and seed yet")
                 per = " ".join(f"s{s}: {v:.2f}" for s, v in row["per_seed"].items())
                 dper = " ".join(f"s{s}: {d:+.2f}" for s, d in row["diffs"]) or "-"
                 lines.append(f"| {row['width']} | {METHOD_LABELS[row['method']]} | {row['label'] or '-'} | "
-                             f"`{json.dumps(ov) if ov else '-'}` | {len(row['per_seed'])} | {per} | "
+                             f"`{json.dumps(ov) if ov else '-'}` | {row['epochs']} | {len(row['per_seed'])} | {per} | "
                              f"{_ci(*row['map3d'])} | {row['mapbev']:.2f} | {diff} | {dper} |")
             for row in tuning_rows(recs, family):
                 if row["method"] == "none" and row["curve"]:
