@@ -216,6 +216,24 @@ def test_report_paired_gain_interval_gap_and_json(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
+def test_final_report_gives_distillation_over_init_paired_by_seed(tmp_path):
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    values = {"teacher": 30.0, "none": 10.0, "inherit": 14.0, "pd_inherit": 15.0}
+    shift = {("none", s): 3.0 * s for s in (0, 1, 2)}
+    shift.update({("inherit", s): 0.1 * s for s in (0, 1, 2)})
+    shift.update({("pd_inherit", s): 0.1 * s + g for s, g in ((0, 1.0), (1, 0.5), (2, 0.0))})   # gains 2, 1.5, 1
+    _fake_results(bench, values, seeds_shift=shift, seeds=(0, 1, 2))
+    _, rows = rep.gain_rows(rep.collect(bench, "val"), "pointpillar")
+    over = rep.over_init_rows(rows)
+    assert len(over) == 1 and over[0]["method"] == "pd_inherit"
+    assert over[0]["gains"] == [(0, pytest.approx(2.0)), (1, pytest.approx(1.5)), (2, pytest.approx(1.0))]
+    assert over[0]["gain"] == pytest.approx(t_interval([2.0, 1.5, 1.0]))
+    text = rep.final_markdown(bench, rep.collect(bench, "val"), [])
+    line = next(l for l in text.splitlines() if l.startswith("| 0.25 | PointDistiller + teacher-guided init | 3 |"))
+    assert fmt_interval(*t_interval([2.0, 1.5, 1.0])) in line
+    assert "standard deviation 0.10 against 3.00" in text
+
+
 def test_tuning_report_lists_each_setting_with_its_difference(tmp_path):
     bench = _bench(tmp_path, "cpu", mode="tune", families=["pointpillar"])
     _fake_results(bench, {"teacher": 30.0, "none": 10.0, "logit_kd": 9.0, "fitnet": 10.5, "pointdistiller": 12.0},

@@ -124,6 +124,23 @@ def gain_rows(records, family):
     return teacher, rows
 
 
+def over_init_rows(rows):
+    """For each method that adds distillation to teacher-guided init (``<x>_inherit``): its paired gain over the
+    init alone (method - 'inherit' of the same seed and width) with the t-interval, from ``gain_rows``' rows."""
+    out = []
+    for row in rows:
+        if not row["method"].endswith("_inherit"):
+            continue
+        base = next((r for r in rows if r["method"] == "inherit" and r["width"] == row["width"]), None)
+        if base is None:
+            continue
+        gains = paired_gains(row["per_seed"], base["per_seed"])
+        if gains:
+            out.append(dict(width=row["width"], method=row["method"], gains=gains,
+                            gain=t_interval([g for _, g in gains])))
+    return out
+
+
 def _num(v, digits=2):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -176,6 +193,19 @@ def final_markdown(bench, records, teachers, wall_note=""):
                          f"{_num(row['mapbev'][0])} | " + " | ".join(_num(row["per_class"][c]) for c in CLASSES)
                          + f" | {fmt_interval(*row['gain']) if 'gain' in row else '-'} | {gains} | "
                          + (f"{100 * gap:.0f}%" if gap is not None and not math.isnan(gap) else "-") + " |")
+        over = over_init_rows(rows)
+        if over:
+            sd = {m: statistics.stdev(r["per_seed"].values()) for r in rows for m in [r["method"]]
+                  if m in ("none", "inherit") and len(r["per_seed"]) > 1}
+            lines += ["", "Distillation on top of teacher-guided init, paired by seed against the init alone"
+                      + (f" (its seeds spread less: standard deviation {sd['inherit']:.2f} against "
+                         f"{sd['none']:.2f} for the students alone)" if {"none", "inherit"} <= set(sd) else "")
+                      + ":", "", "| student width | method | seeds | paired gain over init [95% CI] | per-seed gains |",
+                      "|---|---|---|---|---|"]
+            for o in over:
+                lines.append(f"| {o['width']} | {METHOD_LABELS[o['method']]} | {len(o['gains'])} | "
+                             f"{fmt_interval(*o['gain'])} | "
+                             + " ".join(f"s{s}: {g:+.2f}" for s, g in o["gains"]) + " |")
         curve = next((r["curve"] for r in records if r["family"] == family and r["method"] == "none" and r["curve"]),
                      None)
         if curve:
