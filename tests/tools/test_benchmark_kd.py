@@ -11,6 +11,7 @@ import pytest
 from pcdet.config import cfg_from_yaml_file
 from pcdet.kd.benchmark import PRESETS, Benchmark, paired_gains, run_priority, t_interval
 from pcdet.kd.benchmark.stats import fmt_interval
+from pcdet.kd.benchmark.plan import recipe_key as rep_recipe
 from pcdet.kd.benchmark.plan import BenchmarkError
 from pcdet.kd.benchmark import report as rep
 from pcdet.kd.benchmark.cli import parse_args
@@ -108,12 +109,18 @@ def test_tune_mode_runs_each_setting_once_and_family_filter(tmp_path):
     assert head.TAU == 1.0 and head.LOSS_WEIGHT == 8.0 and head.NUM_KEEP == 2048
     # methods without a sweep still get their default setting on the tuning split
     assert [r.label for r in bench.runs if r.method == "fitnet"] == ["default"]
-    # the same training config shares one output folder (a tuning run reused by the final table)
-    final = _bench(tmp_path, "cpu", families=["pointpillar"])
+    # the same training config shares one output folder (a tuning run reused by the final table); on PointPillars
+    # the sweep kept the 12 epochs it ran with while the final schedule is 18, so this holds on CenterPoint-pillar
+    cp_tune = _bench(tmp_path, "cpu", mode="tune", families=["centerpoint_pillar"])
+    final = _bench(tmp_path, "cpu", families=["centerpoint_pillar"])
     same = next(r for r in final.runs if r.method == "fitnet" and r.seed == p["seeds"][0])
-    tuned = next(r for r in bench.runs if r.method == "fitnet")
-    assert final.run_dir(same) == bench.run_dir(tuned) and final.cfg_text(same) == bench.cfg_text(tuned)
-    assert final.result_path(same, "val") != bench.result_path(tuned, "tune")
+    tuned = next(r for r in cp_tune.runs if r.method == "fitnet")
+    assert final.run_dir(same) == cp_tune.run_dir(tuned) and final.cfg_text(same) == cp_tune.cfg_text(tuned)
+    pp_final = _bench(tmp_path, "cpu", families=["pointpillar"])
+    pp_fit = next(r for r in pp_final.runs if r.method == "fitnet" and r.seed == p["seeds"][0])
+    pp_tuned = next(r for r in bench.runs if r.method == "fitnet")
+    assert (pp_fit.epochs, pp_tuned.epochs) == (p["student_epochs"]["pointpillar"], 12)
+    assert final.result_path(same, "val") != cp_tune.result_path(tuned, "tune")
     other = next(r for r in pd if r.label == "tau1")
     assert bench.run_dir(other) != bench.run_dir(run) and bench.cfg_path(other) != bench.cfg_path(run)
     with pytest.raises(Exception, match="no families"):
@@ -259,7 +266,7 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
     # KD settings keep the single tuning seed
     assert {r.seed for r in bench.runs if r.method not in ("none", "teacher")} == {PRESETS["cpu"]["seeds"][0]}
     low = next(r for r in alone if r.label == "lr0.001" and r.seed == 0)
-    base = next(r for r in alone if r.label == "" and r.seed == 0)
+    base = next(r for r in alone if r.label == "e12" and r.seed == 0)
     cfg_base, cfg_low = (cfg_from_yaml_file(bench.write_cfg(r)) for r in (base, low))
     assert cfg_low.OPTIMIZATION.LR == 0.001 and cfg_base.OPTIMIZATION.LR == 0.003
     cfg_low.OPTIMIZATION.LR = 0.003
@@ -270,9 +277,14 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
     same = next(r for r in final.runs if r.method == "none" and r.seed == 1)
     base1 = next(r for r in alone if r.label == "" and r.seed == 1)
     assert final.run_dir(same) == bench.run_dir(base1) and final.cfg_text(same) == bench.cfg_text(base1)
-    e18 = [r for r in alone if r.label == "e18"]
-    assert e18 and all(r.epochs == 18 and cfg_from_yaml_file(bench.write_cfg(r)).OPTIMIZATION.NUM_EPOCHS == 18
-                       for r in e18)
+    e12 = [r for r in alone if r.label == "e12"]
+    assert e12 and all(r.epochs == 12 and cfg_from_yaml_file(bench.write_cfg(r)).OPTIMIZATION.NUM_EPOCHS == 12
+                       for r in e12)
+    assert cfg_from_yaml_file(bench.write_cfg(base1)).OPTIMIZATION.NUM_EPOCHS == \
+        PRESETS["cpu"]["student_epochs"]["pointpillar"]
+    # the KD sweep of the 12-epoch recipe keeps its schedule and pairs with the 12-epoch student alone
+    pd = next(r for r in bench.runs if r.method == "pointdistiller" and r.label == "tau1")
+    assert pd.epochs == 12 and rep_recipe(pd) == rep_recipe(base)
     # a distillation setting with a recipe: OPTIMIZATION goes to the config, never into the KD block
     preset = _preset_with(fitnet={"pointpillar": [
         {"label": "lr", "overrides": {"OPTIMIZATION": {"LR": 0.001}, "LOSS_WEIGHT": 2.0}, "epochs": 6}]})
@@ -295,9 +307,9 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
 def test_settings_filter_keeps_only_those_tuning_settings(tmp_path):
     bench = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
                       families=["pointpillar"], zoo_manifest=_manifest(tmp_path), methods=["pointdistiller", "none"],
-                      settings=["tau1", "e18"])
+                      settings=["tau1", "e12"])
     assert sorted(r.name for r in bench.runs if r.method != "teacher") == sorted(
-        [f"pointpillar_none_w0.25_s{s}_e18" for s in (0, 1, 2)] + ["pointpillar_pointdistiller_w0.25_s0_tau1"])
+        [f"pointpillar_none_w0.25_s{s}_e12" for s in (0, 1, 2)] + ["pointpillar_pointdistiller_w0.25_s0_tau1"])
     assert any(r.method == "teacher" and r.zoo for r in bench.runs)
     fit = Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", mode="tune",
                     families=["pointpillar"], zoo_manifest=_manifest(tmp_path), methods=["fitnet"],
@@ -333,8 +345,9 @@ def test_committed_results_keep_their_config_hashes():
     """The result files committed for the cpu preset are found under the hashes the plan computes now (a change of
     the derived configs would orphan them)."""
     repo = TOOLS.parent
-    for native, names in ((False, ["pointpillar_none_w0.25_s0", "pointpillar_teacher_zoo"]),
-                          (True, ["pointpillar_none_w0.25_s0", "pointpillar_pointdistiller_w0.25_s0_tau1",
+    for native, names in ((False, ["pointpillar_none_w0.25_s0", "pointpillar_none_w0.25_s2_e12",
+                                    "pointpillar_none_w0.25_s0_lr0.001", "pointpillar_teacher_zoo"]),
+                          (True, ["pointpillar_none_w0.25_s0_e12", "pointpillar_pointdistiller_w0.25_s0_tau1",
                                   "centerpoint_pillar_itkd_w0.125_s0_ae5_det1"])):
         bench = Benchmark("cpu", PRESETS["cpu"], repo / "output" / "benchmark_kd" / "cpu",
                           repo / "data" / "synthetic_kitti_cpu", mode="tune",
@@ -616,6 +629,6 @@ def test_seeds_filter_plans_only_those_seeds_and_keeps_their_configs(tmp_path):
     tune_full = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="tune", **kw)
     tune_part = Benchmark("cpu", PRESETS["cpu"], tmp_path / "w", tmp_path / "d", mode="tune", seeds=[1], **kw)
     assert {r.name for r in tune_part.runs} == {"pointpillar_teacher_zoo", "pointpillar_none_w0.25_s1",
-                                                "pointpillar_none_w0.25_s1_e18"}
+                                                "pointpillar_none_w0.25_s1_e12"}
     for run in tune_part.runs:
         assert tune_part.cfg_hash(run) == next(tune_full.cfg_hash(x) for x in tune_full.runs if x.name == run.name)

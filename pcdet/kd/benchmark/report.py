@@ -172,6 +172,9 @@ def final_markdown(bench, records, teachers, wall_note=""):
         if not rows and teacher is None:
             continue
         lines += [f"## {family}", ""]
+        note = bench.preset["families"].get(family, {}).get("note")
+        if note:
+            lines += [note, ""]
         if teacher is not None:
             t = next((e for e in teachers if e.get("family") == family), None)
             lines.append(f"Teacher (width {teacher['width']}{', zoo ' + teacher['zoo'] if teacher['zoo'] else ''}): "
