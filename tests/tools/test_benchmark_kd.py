@@ -386,6 +386,15 @@ def test_tuning_report_pairs_recipes_and_methods_by_seed_and_recipe(tmp_path):
     assert rows[("fitnet", "default")]["diffs"] == [(0, 1.0), (1, 1.0), (2, 1.0)]
     assert rows[("fitnet", "lr")]["diffs"] == [(0, -2.0), (1, -2.0), (2, -2.0)]   # against lr0.001 alone
     assert rows[("none", "")]["diff"] is None and rows[("none", "")]["per_seed"] == {0: 10.0, 1: 11.0, 2: 12.0}
+    # a recipe that changes OPTIMIZATION keys pairs with the same schedule without them, not with another schedule
+    recs = records + [dict(r, label="e6", recipe=[6, "{}"], epochs=6, map3d_mod=r["map3d_mod"] - 1.0)
+                      for r in records if (r["method"], r["label"]) == ("none", "")]
+    recs = [dict(r, recipe=[6, r["recipe"][1]]) if (r["method"], r["label"]) == ("none", "lr0.001") else r
+            for r in recs]
+    rows6 = {(r["method"], r["label"]): r for r in rep.tuning_rows(recs, "pointpillar")}
+    assert rows6[("none", "lr0.001")]["diffs"] == [(0, 4.0), (1, 5.0), (2, 6.0)]      # against e6, not ''
+    assert rows6[("none", "e6")]["diffs"] == [(0, -1.0), (1, -1.0), (2, -1.0)]         # a schedule: against ''
+    
     text = rep.tuning_markdown(bench, records)
     assert "float32 runs" in text and "bf16 autocast runs" not in text
     # a run listed under both kinds (its hash does not depend on the kind) is shown once

@@ -249,8 +249,9 @@ def _kind_label(native_bf16):
 
 def tuning_rows(records, family):
     """One row per (width, method, label) of ``family`` (records of one CPU kind): its seeds, per-seed 3D mAP,
-    means, and the paired difference per seed from its baseline: a student-alone recipe from the preset's own
-    recipe (label ''), a distilled run from the student alone trained with the same recipe."""
+    means, and the paired difference per seed from its baseline: a student-alone recipe that changes OPTIMIZATION
+    keys from the student alone of the same schedule without them, one that changes only the schedule from the
+    preset's own recipe (label ''), a distilled run from the student alone trained with the same recipe."""
     fam = [r for r in records if r["family"] == family]
     groups = {}
     for r in fam:
@@ -262,8 +263,14 @@ def tuning_rows(records, family):
         diffs = []
         if method not in ("teacher",) and not (method == "none" and label == ""):
             for r in recs:
+                if method != "none":
+                    want = r.get("recipe")                      # the student alone of the same recipe
+                elif r.get("recipe") and r["recipe"][1] != "{}":
+                    want = [r["recipe"][0], "{}"]               # OPTIMIZATION keys: the same schedule without them
+                else:
+                    want = None                                 # a schedule: the preset's own recipe (label '')
                 base = [b for b in fam if b["method"] == "none" and b["width"] == width and b["seed"] == r["seed"]
-                        and (b["label"] == "" if method == "none" else b.get("recipe") == r.get("recipe"))]
+                        and (b["label"] == "" if want is None else (b.get("recipe") == want and b is not r))]
                 if base:
                     diffs.append((r["seed"], r["map3d_mod"] - base[0]["map3d_mod"]))
         rows.append(dict(width=width, method=method, label=label, epochs=recs[0]["epochs"],
@@ -282,8 +289,9 @@ def tuning_markdown(bench, records):
              f"Each setting is trained on train and evaluated on the tuning split, on the seeds its row lists; the "
              f"settings frozen into the preset "
              f"(`kd_overrides`, the student recipe) are chosen from these tables. The difference is paired by seed: "
-             f"a student-alone recipe against the preset's own recipe ('-'), a distilled run against the student "
-             f"alone trained with the same recipe. Runs of the two CPU kinds (bf16 autocast where the CPU has native "
+             f"a student-alone recipe that changes OPTIMIZATION keys against the student alone of the same schedule "
+             f"without them, one that changes only the schedule against the preset's own recipe ('-'), a distilled "
+             f"run against the student alone trained with the same recipe. Runs of the two CPU kinds (bf16 autocast where the CPU has native "
              f"bf16, float32 elsewhere) are different runs and are never paired.", ""]
     for family in bench.families:
         kinds = []
