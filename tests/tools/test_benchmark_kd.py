@@ -298,6 +298,10 @@ def test_tune_mode_student_recipes_run_their_seeds_and_set_only_the_optimizer(tm
         Benchmark("cpu", _preset_with(none={"pointpillar": [
             {"label": "x", "overrides": {"OPTIMIZATION": {"NUM_EPOCHS": 3}}}]}), tmp_path / "w3", tmp_path / "data",
             mode="tune", families=["pointpillar"], zoo_manifest=_manifest(tmp_path))
+    with pytest.raises(BenchmarkError, match="sets only OPTIMIZATION keys"):
+        Benchmark("cpu", _preset_with(none={"pointpillar": [{"label": "x", "overrides": {"TAU": 1.0}}]}),
+                  tmp_path / "w5", tmp_path / "data", mode="tune", families=["pointpillar"],
+                  zoo_manifest=_manifest(tmp_path))
     with pytest.raises(BenchmarkError, match=r"seeds \[9\]"):
         Benchmark("cpu", _preset_with(none={"pointpillar": [{"label": "", "overrides": {}, "seeds": [9]}]}),
                   tmp_path / "w4", tmp_path / "data", mode="tune", families=["pointpillar"],

@@ -261,6 +261,10 @@ class Benchmark:
         if listed:
             for s in listed:
                 ov = s.get("overrides", {})
+                if method == "none" and set(ov) - {"OPTIMIZATION"}:
+                    raise BenchmarkError(f"preset {self.preset_name}: student-alone setting {family}/'{s['label']}' "
+                                         f"overrides {sorted(set(ov) - {'OPTIMIZATION'})}: a student-alone recipe "
+                                         f"sets only OPTIMIZATION keys (and 'epochs')")
                 if "NUM_EPOCHS" in ov.get("OPTIMIZATION", {}) or "BATCH_SIZE_PER_GPU" in ov.get("OPTIMIZATION", {}):
                     raise BenchmarkError(f"preset {self.preset_name}: tuning setting {method}/{family}/"
                                          f"'{s['label']}' sets OPTIMIZATION.NUM_EPOCHS or BATCH_SIZE_PER_GPU: give "
