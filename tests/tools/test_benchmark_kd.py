@@ -401,9 +401,9 @@ def test_tuning_report_pairs_recipes_and_methods_by_seed_and_recipe(tmp_path):
     
     text = rep.tuning_markdown(bench, records)
     assert "float32 runs" in text and "bf16 autocast runs" not in text
-    # a run listed under both kinds (its hash does not depend on the kind) is shown once
+    # a run listed under both kinds (its hash does not depend on the kind) is shown once; the zoo teacher heads both
     both = rep.collect_all_cpu_kinds(bench, "tune", lambda bf16: bench)
-    assert len(both) == len(records)
+    assert len(both) == len(records) + 1 and sum(r["method"] == "teacher" for r in both) == 2
     line = next(l for l in text.splitlines() if "| Student alone | lr0.001 |" in l)
     assert "s0: 13.00 s1: 15.00 s2: 17.00" in line and fmt_interval(*t_interval([3.0, 4.0, 5.0])) in line
 

@@ -81,8 +81,9 @@ def collect_all_cpu_kinds(bench, split, bench_for_kind):
     here = bench.cpu_native_bf16() if bench.device == "cpu" else None
     records = [dict(r, native_bf16=here) for r in collect(bench, split)]
     if here is not None:
-        # a run whose hash does not depend on the kind (no 'auto' precision, a zoo teacher) is listed once
-        seen = {(r["name"], r["cfg_hash"]) for r in records}
+        # a run whose hash does not depend on the kind (no 'auto' precision) is listed once; a zoo teacher, the
+        # same checkpoint for both kinds, heads each kind's table
+        seen = {(r["name"], r["cfg_hash"]) for r in records if r["method"] != "teacher"}
         records += [dict(r, native_bf16=not here) for r in collect(bench_for_kind(not here), split)
                     if (r["name"], r["cfg_hash"]) not in seen]
     return records
@@ -312,7 +313,8 @@ def tuning_markdown(bench, records):
                 ov = run.overrides if run is not None else {}
                 baseline = row["method"] == "teacher" or (row["method"] == "none" and not row["label"])
                 diff = fmt_interval(*row["diff"]) if row["diff"] is not None else (
-                    "-" if baseline else "no student alone of this recipe and seed yet")
+                    "-" if baseline else "its baseline recipe has no run of these seeds yet" if row["method"] == "none"
+                    else "no student alone of this recipe and seed yet")
                 per = " ".join(f"s{s}: {v:.2f}" for s, v in row["per_seed"].items())
                 dper = " ".join(f"s{s}: {d:+.2f}" for s, d in row["diffs"]) or "-"
                 lines.append(f"| {row['width']} | {METHOD_LABELS[row['method']]} | {row['label'] or '-'} | "
