@@ -147,8 +147,8 @@ class Benchmark:
         self.seeds = [s for s in preset["seeds"] if seeds is None or s in seeds]
         self.runs = self._plan()
         if seeds is not None and mode == "tune":
-            # the tuning settings name their own seeds; --seeds keeps those of them (a zoo teacher stays)
-            self.runs = [r for r in self.runs if r.seed in seeds or (r.method == "teacher" and r.zoo)]
+            # the tuning settings name their own seeds; --seeds keeps those of them
+            self._restrict(lambda r: r.seed in seeds)
         if methods:
             known = {m for f in self.families for m in preset["families"][f]["methods"]} | {"teacher"}
             unknown_methods = sorted(set(methods) - known)
@@ -157,12 +157,7 @@ class Benchmark:
                                      f"{self.families} (has {sorted(known)})")
             if mode == "teachers":
                 raise BenchmarkError("--methods selects student runs; --retrain-teachers trains every teacher")
-            # a zoo teacher stays (it is evaluated, not trained) so the report has its row; a kept run keeps the
-            # teacher it depends on
-            keep = [r for r in self.runs if r.method in methods or (r.method == "teacher" and r.zoo)]
-            for r in list(keep):
-                keep += [d for d in r.deps if d not in keep]
-            self.runs = [r for r in self.runs if r in keep]
+            self._restrict(lambda r: r.method in methods)
         if settings is not None:
             if mode != "tune":
                 raise BenchmarkError("--settings selects tuning settings: it needs --tune")
@@ -177,11 +172,16 @@ class Benchmark:
             if unknown:
                 raise BenchmarkError(f"preset {preset_name}: no tuning settings {unknown} among the planned runs "
                                      f"(labels {sorted(labels)})")
-            keep = [r for r in self.runs if selected(r) or (r.method == "teacher" and r.zoo)]
-            for r in list(keep):
-                keep += [d for d in r.deps if d not in keep]
-            self.runs = [r for r in self.runs if r in keep]
+            self._restrict(selected)
         self._check_distinct()
+
+    def _restrict(self, wanted):
+        """Keep the runs for which ``wanted(run)`` holds and the teachers they depend on; a zoo teacher always
+        stays (it is evaluated, not trained) so the report has its row."""
+        keep = [r for r in self.runs if wanted(r) or (r.method == "teacher" and r.zoo)]
+        for r in list(keep):
+            keep += [d for d in r.deps if d not in keep]
+        self.runs = [r for r in self.runs if r in keep]
 
     # ------------------------------------------------------------------ planning
     def _teacher_run(self, family, fam, seed):

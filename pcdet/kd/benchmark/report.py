@@ -37,7 +37,7 @@ def collect(bench, split, class_names=CLASSES):
             curve.append([run.epochs, moderate_map(m, class_names)])
         records.append(dict(
             family=run.family, method=run.method, label=run.label, width=run.width, seed=run.seed,
-            recipe=list(recipe_key(run)), name=run.name, cfg_hash=bench.cfg_hash(run),
+            recipe=list(recipe_key(run)), name=run.name, cfg_hash=res["cfg_hash"],
             zoo=run.zoo, map3d_mod=moderate_map(m, class_names), mapbev_mod=moderate_map(m, class_names, "bev"),
             maploose_mod=moderate_map(m, class_names, "3d", "_loose"),
             per_class={c: m.get(f"{c}_3d/moderate_R40", float("nan")) for c in class_names},
@@ -262,7 +262,7 @@ def tuning_rows(records, family):
             -kv[0][0] if kv[0][1] != "teacher" else -1e9, METHOD_ORDER.index(kv[0][1]), kv[0][2])):
         maps = {r["seed"]: r["map3d_mod"] for r in recs}
         diffs = []
-        if method not in ("teacher",) and not (method == "none" and label == ""):
+        if method != "teacher" and not (method == "none" and label == ""):
             for r in recs:
                 if method != "none":
                     want = r.get("recipe")                      # the student alone of the same recipe
@@ -292,8 +292,9 @@ def tuning_markdown(bench, records):
              f"(`kd_overrides`, the student recipe) are chosen from these tables. The difference is paired by seed: "
              f"a student-alone recipe that changes OPTIMIZATION keys against the student alone of the same schedule "
              f"without them, one that changes only the schedule against the preset's own recipe ('-'), a distilled "
-             f"run against the student alone trained with the same recipe. Runs of the two CPU kinds (bf16 autocast where the CPU has native "
-             f"bf16, float32 elsewhere) are different runs and are never paired.", ""]
+             f"run against the student alone trained with the same recipe. Runs of the two CPU kinds (bf16 "
+             f"autocast where the CPU has native bf16, float32 elsewhere) are different runs and are never "
+             f"paired.", ""]
     for family in bench.families:
         kinds = []
         for r in records:
@@ -307,7 +308,8 @@ def tuning_markdown(bench, records):
             lines += [title, "", "| width | method | setting | overrides | epochs | seeds | 3D mAP mod (per seed) | "
                       "3D mAP mod mean | BEV mAP mod mean | paired difference [95% CI] | per-seed differences |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
-            for row in tuning_rows(recs, family):
+            rows = tuning_rows(recs, family)
+            for row in rows:
                 run = next((x for x in bench.runs if x.family == family and x.method == row["method"]
                             and x.label == row["label"] and x.width == row["width"]), None)
                 ov = run.overrides if run is not None else {}
@@ -320,7 +322,7 @@ def tuning_markdown(bench, records):
                 lines.append(f"| {row['width']} | {METHOD_LABELS[row['method']]} | {row['label'] or '-'} | "
                              f"`{json.dumps(ov) if ov else '-'}` | {row['epochs']} | {len(row['per_seed'])} | {per} | "
                              f"{_ci(*row['map3d'])} | {row['mapbev']:.2f} | {diff} | {dper} |")
-            for row in tuning_rows(recs, family):
+            for row in rows:
                 if row["method"] == "none" and row["curve"]:
                     name = "the preset's recipe" if not row["label"] else f"recipe {row['label']}"
                     lines += ["", f"Student-alone learning curve on the tuning split ({name}, seed "
