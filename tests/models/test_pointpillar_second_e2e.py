@@ -161,3 +161,45 @@ def test_pillar_vfe_point_features_and_scatter_positions():
     torch.testing.assert_close(spatial[0, :, 0, 2], batch["pillar_features"][0])
     torch.testing.assert_close(spatial[1, :, 10, 0], batch["pillar_features"][1])
     assert int((spatial.abs().sum(1) > 0).sum()) <= 2
+
+
+@pytest.mark.parametrize("last_layer", [True, False])
+def test_pfn_layer_norm_matches_openpcdet_permuted_batchnorm(last_layer):
+    """PFNLayer normalises the (V * P, C) rows; OpenPCDet normalises the (V, C, P) permute. Same statistics, same
+    outputs, gradients and running buffers (train mode), same outputs in eval mode."""
+    import copy
+    from pcdet.models.backbones_3d.vfe.pillar_vfe import PFNLayer
+
+    torch.manual_seed(0)
+    layer = PFNLayer(10, 16, use_norm=True, last_layer=last_layer)
+    with torch.no_grad():
+        layer.norm.weight.uniform_(-1.5, 1.5)   # negative scales: the max must come after BN + ReLU
+        layer.norm.bias.uniform_(-0.5, 0.5)
+    ref = copy.deepcopy(layer)
+
+    def reference(m, inputs):  # OpenPCDet's formulation
+        x = m.linear(inputs)
+        x = m.norm(x.permute(0, 2, 1)).permute(0, 2, 1)
+        x = torch.relu(x)
+        x_max = torch.max(x, dim=1, keepdim=True)[0]
+        return x_max if m.last_vfe else torch.cat([x, x_max.expand(-1, inputs.shape[1], -1)], dim=2)
+
+    inputs = torch.randn(50, 7, 10) * 3.0
+    inputs[:, 4:] = 0.0  # padded point slots, as PillarVFE masks them
+    x1 = inputs.clone().requires_grad_(True)
+    x2 = inputs.clone().requires_grad_(True)
+    out, out_ref = layer(x1), reference(ref, x2)
+    assert out.shape == out_ref.shape == ((50, 1, 16) if last_layer else (50, 7, 16))
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    weight = torch.randn_like(out)
+    (out * weight).sum().backward()
+    (out_ref * weight).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer.linear.weight.grad, ref.linear.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer.norm.weight.grad, ref.norm.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer.norm.running_mean, ref.norm.running_mean)
+    torch.testing.assert_close(layer.norm.running_var, ref.norm.running_var)
+    assert not torch.equal(layer.norm.running_mean, torch.zeros(16))  # the statistics did move
+    layer.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(inputs), reference(ref, inputs), rtol=1e-5, atol=1e-6)

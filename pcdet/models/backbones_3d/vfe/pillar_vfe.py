@@ -33,7 +33,10 @@ class PFNLayer(nn.Module):
     def forward(self, inputs):
         x = self.linear(inputs)
         if self.use_norm:
-            x = self.norm(x.permute(0, 2, 1)).permute(0, 2, 1)
+            # BatchNorm1d over the (V * P, C) rows: the same statistics as OpenPCDet's norm of the (V, C, P)
+            # permute (both reduce over every point slot of every pillar), without its two strided copies (about
+            # half the layer's forward + backward time on the CPU)
+            x = self.norm(x.reshape(-1, x.shape[-1])).view(x.shape)
         x = F.relu(x)
         x_max = torch.max(x, dim=1, keepdim=True)[0]
         if self.last_vfe:
