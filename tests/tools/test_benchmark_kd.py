@@ -241,6 +241,41 @@ def test_final_report_gives_distillation_over_init_paired_by_seed(tmp_path):
     assert "standard deviation 0.10 against 3.00" in text
 
 
+def test_final_report_states_the_training_time_of_the_runs_shown_and_of_the_plan(tmp_path):
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    planned = [r for r in bench.runs if r.family == "pointpillar" and r.method != "teacher"]
+    records = [dict(family="pointpillar", method="teacher", train_seconds=9999.0, threads=2),
+               dict(family="pointpillar", method="none", train_seconds=1800.0, threads=1),
+               dict(family="pointpillar", method="pd_inherit", train_seconds=3000.0, threads=1),
+               dict(family="centerpoint_pillar", method="none", train_seconds=60.0, threads=1)]
+    note = rep.training_time_note(bench, records, "pointpillar")
+    # students only (the teacher's 9999 s and the other family's run are not counted): mean 40 min, 30-50
+    hours = 40.0 * len(planned) / PRESETS["cpu"]["jobs"] / 60
+    assert note == (f"Training time of the 2 student runs shown (their result files): 40 min per run on average "
+                    f"(30-50) at 1 thread(s) each; at that rate the family's {len(planned)} planned student runs "
+                    f"take about {hours:.1f} h with {PRESETS['cpu']['jobs']} in parallel (evaluation not included).")
+    assert rep.training_time_note(bench, records[:1], "pointpillar") == ""
+
+
+def test_a_filtered_invocation_does_not_record_its_wall_time_as_the_familys(tmp_path, monkeypatch):
+    from pcdet.kd.benchmark import cli
+
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    _fake_results(bench, {"teacher": 30.0, "none": 10.0}, seeds=(0,))
+    monkeypatch.setattr(cli, "eval_self_check", lambda log: None)
+    monkeypatch.setattr(Runner, "prepare_data", lambda self: None)
+    monkeypatch.setattr(Runner, "execute", lambda self: None)
+    monkeypatch.setattr(cli, "plot", lambda *args, **kwargs: None)
+    results = tmp_path / "work" / "results"
+    argv = ["--preset", "cpu", "--family", "pointpillar", "--work_dir", str(tmp_path / "work"), "--data_dir",
+            str(tmp_path / "data"), "--results_dir", str(results), "--zoo_dir", str(tmp_path / "zoo"), "--docs_dir",
+            str(tmp_path / "docs")]
+    cli.main(argv + ["--methods", "none", "--seeds", "0"])
+    assert not (results / "wall_times.json").exists()
+    cli.main(argv)
+    assert set(json.loads((results / "wall_times.json").read_text())) == {"final:pointpillar"}
+
+
 def test_tuning_report_lists_each_setting_with_its_difference(tmp_path):
     bench = _bench(tmp_path, "cpu", mode="tune", families=["pointpillar"])
     _fake_results(bench, {"teacher": 30.0, "none": 10.0, "logit_kd": 9.0, "fitnet": 10.5, "pointdistiller": 12.0},

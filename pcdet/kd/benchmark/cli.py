@@ -128,7 +128,14 @@ def main(argv=None):
             return Benchmark(args.preset, preset, work_dir, data_dir, mode=mode, zoo_manifest=manifest,
                              results_dir=results_dir, device=device, native_bf16=bf16)
 
-        walls = _record_wall(results_dir, work_dir, mode, bench.families, None if args.report_only else wall)
+        # a filtered invocation (--methods / --seeds / --settings) ran part of a family: its wall time is not the
+        # family's
+        filtered = bool(args.methods or args.seeds or args.settings)
+        if filtered and not args.report_only:
+            log("a filtered invocation (--methods / --seeds / --settings): its wall time is not recorded as the "
+                "families'")
+        walls = _record_wall(results_dir, work_dir, mode, bench.families,
+                             None if args.report_only or filtered else wall)
         if mode == "tune":
             # the sweep shows each CPU kind's runs apart (never paired across kinds)
             records = collect_all_cpu_kinds(full, splits[0], for_kind)

@@ -42,7 +42,8 @@ def collect(bench, split, class_names=CLASSES):
             maploose_mod=moderate_map(m, class_names, "3d", "_loose"),
             per_class={c: m.get(f"{c}_3d/moderate_R40", float("nan")) for c in class_names},
             params=res.get("params"), flops=res.get("flops"), latency_ms=res.get("latency_ms"),
-            train_seconds=res.get("train_seconds", 0.0), epochs=run.epochs, curve=curve, device=res.get("device")))
+            train_seconds=res.get("train_seconds", 0.0), threads=res.get("threads"), epochs=run.epochs, curve=curve,
+            device=res.get("device")))
     return records
 
 
@@ -150,6 +151,24 @@ def _ci(mean, low, high):
     return _num(mean) if math.isnan(low) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
+def training_time_note(bench, records, family):
+    """One sentence on what the students of ``family`` shown cost to train (their result files' train_seconds) and
+    what the family's whole plan would take at that rate, or '' without timed student runs."""
+    timed = [r for r in records if r["family"] == family and r["method"] != "teacher" and r.get("train_seconds")]
+    if not timed:
+        return ""
+    minutes = [r["train_seconds"] / 60 for r in timed]
+    threads = sorted({r.get("threads") for r in timed if r.get("threads")})
+    planned = [r for r in bench.runs if r.family == family and r.method != "teacher"]
+    jobs = max(1, int(bench.preset.get("jobs", 1)))
+    mean = statistics.mean(minutes)
+    return (f"Training time of the {len(timed)} student runs shown (their result files): {mean:.0f} min per run on "
+            f"average ({min(minutes):.0f}-{max(minutes):.0f})"
+            + (f" at {'/'.join(str(t) for t in threads)} thread(s) each" if threads else "")
+            + f"; at that rate the family's {len(planned)} planned student runs take about "
+            f"{mean * len(planned) / jobs / 60:.1f} h with {jobs} in parallel (evaluation not included).")
+
+
 def final_markdown(bench, records, teachers, wall_note=""):
     """The markdown of the final table (val split)."""
     p = bench.preset
@@ -176,6 +195,9 @@ def final_markdown(bench, records, teachers, wall_note=""):
         note = bench.preset["families"].get(family, {}).get("note")
         if note:
             lines += [note, ""]
+        cost = training_time_note(bench, records, family)
+        if cost:
+            lines += [cost, ""]
         if teacher is not None:
             t = next((e for e in teachers if e.get("family") == family), None)
             lines.append(f"Teacher (width {teacher['width']}{', zoo ' + teacher['zoo'] if teacher['zoo'] else ''}): "
