@@ -12,7 +12,7 @@ from pcdet.config import cfg_from_yaml_file
 from pcdet.kd.benchmark import PRESETS, Benchmark, paired_gains, run_priority, t_interval
 from pcdet.kd.benchmark.stats import fmt_interval
 from pcdet.kd.benchmark.plan import recipe_key as rep_recipe
-from pcdet.kd.benchmark.plan import BenchmarkError
+from pcdet.kd.benchmark.plan import RUN_COST, BenchmarkError
 from pcdet.kd.benchmark import report as rep
 from pcdet.kd.benchmark.cli import parse_args
 from pcdet.kd.benchmark.runner import Runner
@@ -244,17 +244,57 @@ def test_final_report_gives_distillation_over_init_paired_by_seed(tmp_path):
 def test_final_report_states_the_training_time_of_the_runs_shown_and_of_the_plan(tmp_path):
     bench = _bench(tmp_path, "cpu", families=["pointpillar"])
     planned = [r for r in bench.runs if r.family == "pointpillar" and r.method != "teacher"]
-    records = [dict(family="pointpillar", method="teacher", train_seconds=9999.0, threads=2),
-               dict(family="pointpillar", method="none", train_seconds=1800.0, threads=1),
-               dict(family="pointpillar", method="pd_inherit", train_seconds=3000.0, threads=1),
-               dict(family="centerpoint_pillar", method="none", train_seconds=60.0, threads=1)]
+    epochs = PRESETS["cpu"]["student_epochs"]["pointpillar"]
+    rec = dict(family="pointpillar", epochs=epochs, device="cpu", threads=1)
+    # none costs 3 units per epoch and takes 30 min, PointDistiller 6 per epoch and 60 min: 5/9 min per unit each
+    records = [dict(rec, method="teacher", train_seconds=9999.0),
+               dict(rec, method="none", train_seconds=1800.0),
+               dict(rec, method="pointdistiller", train_seconds=3600.0),
+               dict(rec, method="fitnet", train_seconds=0.0),                  # no recorded time: not averaged
+               dict(rec, family="centerpoint_pillar", method="none", train_seconds=60.0)]
+    assert RUN_COST["none"] == 3.0 and RUN_COST["pointdistiller"] == 6.0
+    hours = 5.0 / 9.0 * sum(r.cost for r in planned) / PRESETS["cpu"]["jobs"] / 60.0
     note = rep.training_time_note(bench, records, "pointpillar")
-    # students only (the teacher's 9999 s and the other family's run are not counted): mean 40 min, 30-50
-    hours = 40.0 * len(planned) / PRESETS["cpu"]["jobs"] / 60
-    assert note == (f"Training time of the 2 student runs shown (their result files): 40 min per run on average "
-                    f"(30-50) at 1 thread(s) each; at that rate the family's {len(planned)} planned student runs "
-                    f"take about {hours:.1f} h with {PRESETS['cpu']['jobs']} in parallel (evaluation not included).")
-    assert rep.training_time_note(bench, records[:1], "pointpillar") == ""
+    assert note.startswith("Training time of 2 of the 3 student runs shown (those with a recorded time): 45 min per "
+                           "run on average (30-60), 1 thread(s) per run, measured with other runs beside them.")
+    assert f"the family's {len(planned)} planned student runs take about {hours:.1f} h of training with 2 in" in note
+    # a method's own timed runs set its estimate: none at 54 min moves the plan by its runs' share only
+    slow = [dict(r, train_seconds=3240.0) if r["method"] == "none" else r for r in records]
+    rate = (54.0 / 54.0 + 60.0 / 108.0) / 2
+    n_none = sum(r.method == "none" for r in planned)
+    expect = (54.0 * n_none + sum(rate * r.cost for r in planned if r.method not in ("none", "pointdistiller"))
+              + 60.0 * sum(r.method == "pointdistiller" for r in planned)) / 2 / 60.0
+    assert f"take about {expect:.1f} h of training" in rep.training_time_note(bench, slow, "pointpillar")
+    assert rep.training_time_note(bench, records[:1] + records[3:4], "pointpillar") == ""
+
+
+def test_collect_takes_the_training_time_of_the_split_that_trained_the_checkpoint(tmp_path):
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    _fake_results(bench, {"none": 10.0}, seeds=(0,))                       # val result, train_seconds 60
+    run = next(r for r in bench.runs if r.method == "none" and r.seed == 0)
+    val = bench.result_path(run, "val")
+    data = json.loads(val.read_text())
+    val.write_text(json.dumps(dict(data, train_seconds=0.0)))           # its checkpoint was reused
+    assert rep.collect(bench, "val")[0]["train_seconds"] == 0.0
+    tune = bench.result_path(run, "tune")
+    tune.parent.mkdir(parents=True, exist_ok=True)
+    tune.write_text(json.dumps(dict(data, train_seconds=2650.0)))
+    assert [r["train_seconds"] for r in rep.collect(bench, "val")] == [2650.0]
+
+
+def test_train_returns_the_logged_training_time_of_a_reused_checkpoint(tmp_path):
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    run = next(r for r in bench.runs if r.method == "none")
+    ckpt = bench.ckpt_path(run)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"x")
+    runner = Runner(bench, jobs=1, threads=1)
+    assert runner.train(run) == 0.0                                          # no logs: nothing known
+    log = bench.run_dir(run) / "log"
+    log.mkdir(parents=True, exist_ok=True)
+    (log / "train_a.log").write_text("2026-12-02 00:00:00,1   INFO  **start training x\n"
+                                     "2026-12-02 00:44:30,1   INFO  **end training x\n")
+    assert runner.train(run) == pytest.approx(44.5 * 60)
 
 
 def test_a_filtered_invocation_does_not_record_its_wall_time_as_the_familys(tmp_path, monkeypatch):

@@ -93,11 +93,11 @@ PRESETS = {
                                 methods=["none", "logit_kd", "fitnet", "pointdistiller", "inherit", "pd_inherit",
                                          "label_kd"],
                                 note="Students at 18 epochs since 2026-12-07 (frozen from the recipe sweep on the "
-                                     "tune split, docs/results_cpu_tuning.md), float32 on a CPU without native "
-                                     "bf16. The family's val runs are incomplete: a method without a row has not "
-                                     "run at 18 epochs yet, and the seeds of each row are listed in it. The "
-                                     "12-epoch val table that this schedule supersedes (2026-12-02..04, bf16) is "
-                                     "kept in docs/KD.md."),
+                                     "tune split, docs/results_cpu_tuning.md). The family's 18-epoch val runs are "
+                                     "incomplete: a method without a row has no 18-epoch run of the CPU kind shown "
+                                     "yet, and each row's last columns list the seeds it has. The 12-epoch val "
+                                     "table that this schedule supersedes (2026-12-02..04, bf16; that invocation "
+                                     "took 63.4 min) is kept in docs/KD.md."),
             "centerpoint_pillar": dict(teacher="zoo:centerpoint_pillar_w0.5", teacher_width=0.5,
                                        student_rel_widths=[0.25], narrow="BACKBONE_2D",
                                        # teacher-guided init (issue 18): added 2026-12-03 before any of its runs

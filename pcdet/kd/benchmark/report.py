@@ -5,7 +5,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .plan import recipe_key
+from .plan import RUN_COST, recipe_key
 from .presets import METHOD_LABELS, METHOD_ORDER
 from .stats import fmt_interval, paired_gains, t_interval
 
@@ -21,13 +21,19 @@ def moderate_map(metrics, class_names=CLASSES, kind="3d", suffix=""):
 
 def collect(bench, split, class_names=CLASSES):
     """One record per run of ``bench`` with a result on ``split``: family, method, label, width, seed, map3d_mod,
-    mapbev_mod, maploose_mod, per_class, params, flops, latency_ms, train_seconds, curve ([[epoch, map3d]])."""
+    mapbev_mod, maploose_mod, per_class, params, flops, latency_ms, train_seconds (a run whose checkpoint was
+    trained by the other split's invocation takes that result's), threads (of the evaluation process), device,
+    curve ([[epoch, map3d]])."""
     records = []
     for run in bench.runs:
         res = bench.load_result(run, split)
         if res is None:
             continue
         m = res["metrics"]
+        train_seconds = res.get("train_seconds") or 0.0
+        if not train_seconds:   # the checkpoint was trained for the other split's invocation (same config)
+            other = bench.load_result(run, "tune" if split == "val" else "val")
+            train_seconds = (other or {}).get("train_seconds") or 0.0
         curve = []
         if run.curve and bench.preset.get("curve_every"):
             for epoch in bench.curve_epochs(run):
@@ -42,7 +48,7 @@ def collect(bench, split, class_names=CLASSES):
             maploose_mod=moderate_map(m, class_names, "3d", "_loose"),
             per_class={c: m.get(f"{c}_3d/moderate_R40", float("nan")) for c in class_names},
             params=res.get("params"), flops=res.get("flops"), latency_ms=res.get("latency_ms"),
-            train_seconds=res.get("train_seconds", 0.0), threads=res.get("threads"), epochs=run.epochs, curve=curve,
+            train_seconds=train_seconds, threads=res.get("threads"), epochs=run.epochs, curve=curve,
             device=res.get("device")))
     return records
 
@@ -152,21 +158,32 @@ def _ci(mean, low, high):
 
 
 def training_time_note(bench, records, family):
-    """One sentence on what the students of ``family`` shown cost to train (their result files' train_seconds) and
-    what the family's whole plan would take at that rate, or '' without timed student runs."""
-    timed = [r for r in records if r["family"] == family and r["method"] != "teacher" and r.get("train_seconds")]
+    """One sentence on what the student runs of ``family`` shown cost to train (their ``train_seconds``) and what
+    the family's whole plan takes at those rates, or '' without timed student runs.
+
+    A planned run is estimated by the mean time of its method's timed runs; a method without one, by the plan's
+    relative cost (``RUN_COST`` x epochs) at the mean rate of the timed runs."""
+    students = [r for r in records if r["family"] == family and r["method"] != "teacher"]
+    timed = [r for r in students if r.get("train_seconds")]
     if not timed:
         return ""
     minutes = [r["train_seconds"] / 60 for r in timed]
-    threads = sorted({r.get("threads") for r in timed if r.get("threads")})
-    planned = [r for r in bench.runs if r.family == family and r.method != "teacher"]
+    by_method = {}
+    for r in timed:
+        by_method.setdefault(r["method"], []).append(r["train_seconds"] / 60)
+    rate = statistics.mean(r["train_seconds"] / 60 / (RUN_COST.get(r["method"], 5.0) * r["epochs"]) for r in timed)
+    planned = [run for run in bench.runs if run.family == family and run.method != "teacher"]
+    total = sum(statistics.mean(by_method[run.method]) if run.method in by_method else rate * run.cost
+                for run in planned)
     jobs = max(1, int(bench.preset.get("jobs", 1)))
-    mean = statistics.mean(minutes)
-    return (f"Training time of the {len(timed)} student runs shown (their result files): {mean:.0f} min per run on "
-            f"average ({min(minutes):.0f}-{max(minutes):.0f})"
-            + (f" at {'/'.join(str(t) for t in threads)} thread(s) each" if threads else "")
-            + f"; at that rate the family's {len(planned)} planned student runs take about "
-            f"{mean * len(planned) / jobs / 60:.1f} h with {jobs} in parallel (evaluation not included).")
+    threads = {r.get("threads") for r in timed}
+    on_cpu = all(r.get("device") == "cpu" for r in timed)
+    return (f"Training time of {len(timed)} of the {len(students)} student runs shown (those with a recorded time): "
+            f"{statistics.mean(minutes):.0f} min per run on average ({min(minutes):.0f}-{max(minutes):.0f})"
+            + (f", {threads.pop()} thread(s) per run" if on_cpu and len(threads) == 1 and None not in threads else "")
+            + f", measured with other runs beside them. At these rates (per method; scaled by the plan's relative "
+            f"cost for a method without a timed run) the family's {len(planned)} planned student runs take about "
+            f"{total / jobs / 60:.1f} h of training with {jobs} in parallel.")
 
 
 def final_markdown(bench, records, teachers, wall_note=""):

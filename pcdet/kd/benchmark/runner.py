@@ -107,13 +107,15 @@ class Runner:
                    for split in self.splits_of(run) for epoch in [None] + self.curve_epochs(run))
 
     def train(self, run):
-        """Train ``run`` unless its final checkpoint exists; returns the training seconds (0 when reused)."""
+        """Train ``run`` unless its final checkpoint exists; returns its training seconds: from its train logs
+        (every start of a resumed run, or the run that trained a reused checkpoint), else this call's wall time
+        (0 for a reused checkpoint without logs or a zoo teacher)."""
         bench = self.bench
         if run.zoo:
             return 0.0
         cfg = bench.write_cfg(run)
         if bench.ckpt_path(run).is_file():
-            return 0.0
+            return training_minutes(bench.run_dir(run)) * 60.0
         log_dir = bench.work_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         keep = run.epochs if (run.curve or run.method == "teacher") else 1
@@ -128,7 +130,7 @@ class Runner:
         self._check_call(cmd, f"training {run.name}", log_file=log_dir / f"{run.name}.train.log")
         if not bench.ckpt_path(run).is_file():
             raise BenchmarkError(f"training {run.name} ended without {bench.ckpt_path(run)}")
-        return time.time() - t0
+        return max(time.time() - t0, training_minutes(bench.run_dir(run)) * 60.0)
 
     def train_and_eval(self, run):
         bench = self.bench
