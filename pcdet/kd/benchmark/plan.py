@@ -28,6 +28,11 @@ ZOO_PREFIX = "zoo:"
 RUN_COST = {"teacher": 9.0, "itkd": 8.0, "pointdistiller": 6.0, "fitnet": 5.5, "logit_kd": 4.5, "none": 3.0}
 
 
+def run_cost(method, epochs):
+    """Relative training cost of a run of ``method`` for ``epochs`` (``RUN_COST`` per epoch, 5 for other methods)."""
+    return RUN_COST.get(method, 5.0) * epochs
+
+
 class BenchmarkError(RuntimeError):
     """A preset, a run or a result cannot be used; the message names it."""
 
@@ -56,7 +61,7 @@ class Run:
 
     @property
     def cost(self):
-        return 0.0 if self.zoo else RUN_COST.get(self.method, 5.0) * self.epochs
+        return 0.0 if self.zoo else run_cost(self.method, self.epochs)
 
 
 def run_priority(run):

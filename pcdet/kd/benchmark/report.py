@@ -5,7 +5,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .plan import RUN_COST, recipe_key
+from .plan import recipe_key, run_cost
 from .presets import METHOD_LABELS, METHOD_ORDER
 from .stats import fmt_interval, paired_gains, t_interval
 
@@ -162,7 +162,7 @@ def training_time_note(bench, records, family):
     the family's whole plan takes at those rates, or '' without timed student runs.
 
     A planned run is estimated by the mean time of its method's timed runs; a method without one, by the plan's
-    relative cost (``RUN_COST`` x epochs) at the mean rate of the timed runs."""
+    relative cost (``plan.run_cost``) at the mean rate of the timed runs."""
     students = [r for r in records if r["family"] == family and r["method"] != "teacher"]
     timed = [r for r in students if r.get("train_seconds")]
     if not timed:
@@ -171,7 +171,7 @@ def training_time_note(bench, records, family):
     by_method = {}
     for r in timed:
         by_method.setdefault(r["method"], []).append(r["train_seconds"] / 60)
-    rate = statistics.mean(r["train_seconds"] / 60 / (RUN_COST.get(r["method"], 5.0) * r["epochs"]) for r in timed)
+    rate = statistics.mean(r["train_seconds"] / 60 / run_cost(r["method"], r["epochs"]) for r in timed)
     planned = [run for run in bench.runs if run.family == family and run.method != "teacher"]
     total = sum(statistics.mean(by_method[run.method]) if run.method in by_method else rate * run.cost
                 for run in planned)
