@@ -117,11 +117,15 @@ def test_sample_threshold_selection_both_ways_is_exact(k):
 
 @pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
 def test_a_misleading_sample_falls_back_to_exact_ranking():
-    # the sample block (the scan's first rows) holds 40 copies of the query point: its estimated threshold admits
-    # only them, fewer than k, so the estimate is detected as too low and every row is ranked
+    # 58 copies of the query point (fewer than k 60): rows 0-39 and every 8th row from 40 to 176. The threshold
+    # sample of the GEMM blocks (the scan's first 64 rows at tile 16: 43 copies, rank 22) and that of the fused path
+    # (every 8th row of the 540: 23 copies, rank 23) both estimate a threshold that admits only the copies, fewer
+    # than k, so the estimate is detected as too low and every row is ranked
     torch.manual_seed(4)
-    far = torch.randn(500, 32) * 5 + 3
-    features = torch.cat([torch.ones(40, 32), far])
+    features = torch.randn(540, 32) * 5 + 3
+    copies = torch.cat([torch.arange(40), torch.arange(40, 177, 8)])
+    assert len(copies) == 58
+    features[copies] = 1.0
     features[0] += 1e-3
     batch = torch.zeros(540, dtype=torch.long)
     query = torch.tensor([0, 1, 45, 300])
@@ -150,6 +154,26 @@ def test_float64_and_tie_heavy_integer_features_with_sampling():
     _check_both_screens(f64, torch.zeros(500, dtype=torch.long), 25, torch.randperm(500)[:80], tile=16)
     ints = integer_features(600, 16, low=-1, high=2)   # many exact ties at every distance
     _check_both_screens(ints, torch.randint(0, 2, (600,)), 40, torch.randperm(600)[:100], tile=16)
+
+
+@pytest.mark.parametrize("c", [4, 13, 64])
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+def test_fused_screening_past_the_sample_is_exact(c):
+    # tile 8: a scan's first 32 rows are the threshold sample; the rows after them go through the fused GEMM +
+    # screening (on CPUs with AVX2 + FMA) in panels of 16 rows, the last one padded. Scans of 33 rows (one row past
+    # the sample), 48 (one full panel), 81 and 300; tiles of 8 queries (groups of 6 padded); k 40 exceeds the rows
+    # past the sample of the small scans, whose queries then start the fused part with an infinite threshold (the
+    # running heap). Every 7th row duplicates its successor (exact ties).
+    torch.manual_seed(11)
+    sizes = [33, 48, 81, 300]
+    batch = torch.cat([torch.full((n,), s) for s, n in enumerate(sizes)])
+    batch = batch[torch.randperm(len(batch))]
+    features = torch.randn(len(batch), c) * torch.logspace(-1, 1, c)
+    dup = torch.arange(0, len(batch) - 1, 7)
+    features[dup] = features[dup + 1]
+    query = torch.randperm(len(batch))[:101]
+    for k in (5, 40):
+        _check_both_screens(features, batch, k, query, tile=8)
 
 
 def _tree_and_gemm(features, batch, k, query):

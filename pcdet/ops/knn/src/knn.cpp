@@ -15,6 +15,12 @@
 // exactly. Should the admitted rows overflow the buffer, the query tracks its k smallest keys in a heap, and if
 // many rows stay within the error margin (near-duplicate clusters) it switches to exact distances for every
 // admitted row, so memory stays bounded: per thread, 4 tile^2 keys + tile (4k + 128) candidates.
+//
+// Float32 features screened in float32 on a CPU with AVX2 + FMA take a fused path instead of the GEMM blocks: each
+// scan's rows are packed once in panels of 16, the threshold sample is every stride-th row of the whole scan
+// (about 512 rows), and a register-blocked kernel computes the keys of 6 queries x 16 rows and compares them with
+// the thresholds without writing them out (fused_panel, fused_scan). Same keys, bounds and admissions; the
+// packed copy adds M C floats.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -137,6 +143,62 @@ __attribute__((target("avx2"))) int64_t gather_hits_avx2(const dot_t* s, const f
     }
   }
   return gather_hits_scalar<dot_t, float>(s, nb, a, uo2, j, n, t, hit, nh);
+}
+
+// ---------------------------------------------------------------- fused GEMM + screening (float32, AVX2 + FMA)
+// The rows of a scan are packed in panels of kFuseR: panel p holds its rows' centred
+// features channel-major (element (ch, r) at p * kFuseR * C + ch * kFuseR + r); padded rows are zero with norm NaN.
+// For kFuseQ queries and one panel the kFuseQ * kFuseR dot products stay in registers (12 accumulators), their
+// lower keys are compared with the queries' thresholds there (the formula of low_key, same operation order), and
+// only a panel with a hit writes its dots out, for the caller's re-check with low_key. The dots are accumulated
+// with FMA over the channels in order, which the GEMM error bound (any order, with or without FMA) covers.
+constexpr int64_t kFuseQ = 6, kFuseR = 16;
+#define PCDET_KNN_FUSED 1
+
+// qa: kFuseQ query rows of c floats (stride c); nb: the panel's kFuseR row norms; an, t: the queries' norms and
+// (loosened) thresholds. Writes masks[i] (bit r: row r of the panel is a hit of query i) and, when any bit is set,
+// dots[i * kFuseR + r]. Returns whether any bit is set.
+__attribute__((target("avx2,fma"))) bool fused_panel(const float* qa, int64_t c, const float* panel, const float* nb,
+                                                     const float* an, float uo2, const float* t, uint32_t* masks,
+                                                     float* dots) {
+  __m256 acc[kFuseQ][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < kFuseQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const __m256 b0 = _mm256_loadu_ps(panel + ch * kFuseR), b1 = _mm256_loadu_ps(panel + ch * kFuseR + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < kFuseQ; ++i) {
+      const __m256 a = _mm256_broadcast_ss(qa + i * c + ch);
+      acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+    }
+  }
+  const __m256 vu = _mm256_set1_ps(uo2), nb0 = _mm256_loadu_ps(nb), nb1 = _mm256_loadu_ps(nb + 8);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  uint32_t any = 0;
+#pragma GCC unroll 6
+  for (int i = 0; i < kFuseQ; ++i) {
+    const __m256 va = _mm256_set1_ps(an[i]), vt = _mm256_set1_ps(t[i]);
+    const __m256 k0 = _mm256_sub_ps(_mm256_add_ps(nb0, va), _mm256_add_ps(acc[i][0], acc[i][0]));
+    const __m256 k1 = _mm256_sub_ps(_mm256_add_ps(nb1, va), _mm256_add_ps(acc[i][1], acc[i][1]));
+    const __m256 l0 = _mm256_sub_ps(k0, _mm256_mul_ps(vu, _mm256_and_ps(acc[i][0], abs_mask)));
+    const __m256 l1 = _mm256_sub_ps(k1, _mm256_mul_ps(vu, _mm256_and_ps(acc[i][1], abs_mask)));
+    masks[i] = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(l0, vt, _CMP_LE_OQ))) |
+               (static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(l1, vt, _CMP_LE_OQ))) << 8);
+    any |= masks[i];
+  }
+  if (!any) return false;
+#pragma GCC unroll 6
+  for (int i = 0; i < kFuseQ; ++i) {
+    _mm256_storeu_ps(dots + i * kFuseR, acc[i][0]);
+    _mm256_storeu_ps(dots + i * kFuseR + 8, acc[i][1]);
+  }
+  return true;
+}
+
+inline bool fused_supported() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
 }
 #endif
 
@@ -356,6 +418,53 @@ st kth_smallest(const st* x, int64_t n, int64_t rank, std::vector<st>& buf) {
   return buf[rank - 1];
 }
 
+#ifdef PCDET_KNN_FUSED
+// All rows of a scan for a tile of tq queries (their searches, centred features qlow (tq, C) and norms qn):
+// num_panels packed panels (fused_panel) holding the scan's rows in order, norms nb; a hit is re-checked with low_key against the query's current threshold and admitted, as screen_row does. Rows are
+// visited in blocks of panels that stay in the L2 cache, each block against every query of the tile; for each
+// query they are admitted in ascending row order, and its threshold is refreshed after each panel's hits.
+template <typename SearchT>
+void fused_scan(SearchT* search, int64_t tq, const float* qlow, const float* qn, int64_t c, const float* panels,
+                const float* panel_norm, int64_t num_panels, const int64_t* scan_rows, const float* nb,
+                float uo2, const float* feats, std::vector<float>& qpad, std::vector<float>& qnpad) {
+  const int64_t groups = (tq + kFuseQ - 1) / kFuseQ;
+  qpad.assign(groups * kFuseQ * c, 0.0f);
+  std::copy(qlow, qlow + tq * c, qpad.begin());
+  qnpad.assign(groups * kFuseQ, 0.0f);
+  std::copy(qn, qn + tq, qnpad.begin());
+  const int64_t block = std::max<int64_t>(1, (192 * 1024) / (kFuseR * std::max<int64_t>(c, 1) * int64_t(sizeof(float))));
+  auto loosen = [](float t) { return t + std::fabs(t) * (8 * std::numeric_limits<float>::epsilon()); };
+  float t[kFuseQ], dots[kFuseQ * kFuseR];
+  uint32_t masks[kFuseQ];
+  for (int64_t pb = 0; pb < num_panels; pb += block) {
+    const int64_t pe = std::min(num_panels, pb + block);
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* qa = qpad.data() + g * kFuseQ * c;
+      for (int64_t i = 0; i < kFuseQ; ++i)
+        t[i] = g * kFuseQ + i < tq ? loosen(search[g * kFuseQ + i].thr) : -std::numeric_limits<float>::infinity();
+      for (int64_t p = pb; p < pe; ++p) {
+        if (!fused_panel(qa, c, panels + p * kFuseR * c, panel_norm + p * kFuseR, qnpad.data() + g * kFuseQ, uo2, t,
+                         masks, dots))
+          continue;
+        for (int64_t i = 0; i < kFuseQ; ++i) {
+          if (!masks[i]) continue;
+          auto& qs = search[g * kFuseQ + i];
+          const float a_norm = qnpad[g * kFuseQ + i];
+          for (uint32_t m = masks[i]; m; m &= m - 1) {
+            const int64_t r = __builtin_ctz(m), j = p * kFuseR + r;
+            float key_j;
+            const float low_j = low_key<float>(dots[i * kFuseR + r], nb[j], a_norm, uo2, &key_j);
+            if (low_j <= qs.thr) qs.admit(low_j, key_j, scan_rows[j], feats, c);
+          }
+          qs.refresh_threshold();
+          t[i] = loosen(qs.thr);
+        }
+      }
+    }
+  }
+}
+#endif
+
 constexpr int64_t kSampleTiles = 4;  // the threshold-estimating first block has this many tiles of rows
 constexpr int64_t kEstimateKeys = 512;
 
@@ -398,6 +507,34 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
     scan_bmax[s] = std::sqrt(scan_norm[s].max().template item<double>());
   }
 
+  // Fused GEMM + screening for float32 features screened in float32 on an AVX2 + FMA CPU: each scan's rows packed
+  // in panels (fused_panel); the other cases (float64, bf16 screening, other CPUs) use at::mm blocks and
+  // gather_hits.
+  bool fused = false;
+  std::vector<std::vector<float>> scan_panels(num_scans), scan_panel_norm(num_scans);
+#ifdef PCDET_KNN_FUSED
+  fused = std::is_same<scalar_t, float>::value && !bf16 && fused_supported();
+  if (fused) {
+    for (int64_t s = 0; s < num_scans; ++s) {
+      const int64_t n_rows = row_start[s + 1] - row_start[s];
+      const int64_t panels = (n_rows + kFuseR - 1) / kFuseR;
+      if (panels == 0) continue;
+      const float* low = scan_low[s].template data_ptr<float>();
+      const float* nrm = scan_norm[s].template data_ptr<float>();
+      std::vector<float>& pk = scan_panels[s];
+      std::vector<float>& pn = scan_panel_norm[s];
+      pk.assign(panels * kFuseR * c, 0.0f);
+      // padded rows: norm NaN, so that their lower key never passes a threshold (not even +inf)
+      pn.assign(panels * kFuseR, std::numeric_limits<float>::quiet_NaN());
+      for (int64_t j = 0; j < n_rows; ++j) {
+        const int64_t p = j / kFuseR, r = j % kFuseR;
+        for (int64_t ch = 0; ch < c; ++ch) pk[(p * c + ch) * kFuseR + r] = low[j * c + ch];
+        pn[p * kFuseR + r] = nrm[j];
+      }
+    }
+  }
+#endif
+
   at::Tensor qrows_t = at::empty({q}, at::TensorOptions().dtype(at::kLong));
   int64_t* qrows = qrows_t.data_ptr<int64_t>();
   for (int64_t i = 0; i < q; ++i) qrows[i] = qidx[query_pos[i]];
@@ -429,6 +566,7 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
     std::vector<int32_t> hit(kSampleTiles * tile + 1);  // gather_hits writes one past its last hit
     std::vector<Candidate<st>> ranked;
     std::vector<QuerySearch<scalar_t, st>> search;
+    std::vector<float> qpad, qnpad;  // the fused path's query tile, padded to a multiple of kFuseQ
     for (int64_t w = wb; w < we; ++w) {
       const Work& job = work[w];
       const int64_t tq = job.q1 - job.q0;
@@ -472,7 +610,38 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
       const double expect = 1.5 * double(kk) * double(est_n) / double(scan_rows);
       const int64_t rank = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect))) + 1;
       const bool estimate = sample < scan_rows && rank < est_n;
-      for (int64_t r0 = r_begin; r0 < r_end;) {
+#ifdef PCDET_KNN_FUSED
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        if (fused) {
+          // The threshold estimate from every fstride-th row of the whole scan (a sample spread over it, about as
+          // many keys as the sample block below would give: min(kEstimateKeys, kSampleTiles * tile)); then every
+          // row of the scan goes through the fused GEMM + screening. Small scans (fewer than two rows per key)
+          // and ranks at the sample's size use the running heap from an infinite threshold instead.
+          const int64_t fkeys = std::min(kEstimateKeys, kSampleTiles * tile);
+          const int64_t fstride = std::max<int64_t>(1, scan_rows / fkeys);
+          const int64_t fn = (scan_rows + fstride - 1) / fstride;
+          const double fexpect = 1.5 * double(kk) * double(fn) / double(scan_rows);
+          const int64_t frank = static_cast<int64_t>(std::ceil(fexpect + 3.0 * std::sqrt(fexpect))) + 1;
+          if (fstride >= 2 && frank < fn) {
+            at::Tensor est_rows = scan_low[job.scan].slice(0, 0, scan_rows, fstride);
+            at::Tensor dots = at::mm(qlow, est_rows.t()).contiguous();
+            const float* d = dots.data_ptr<float>();
+            key.resize(std::max<int64_t>(int64_t(key.size()), fn));
+            for (int64_t a = 0; a < tq; ++a) {
+              QuerySearch<scalar_t, st>& qs = search[a];
+              for (int64_t e = 0; e < fn; ++e)
+                low_key<st>(d[a * fn + e], nb_all[e * fstride], qn[a], qs.b.uo2, &key[e]);
+              qs.tau = qs.thr = threshold_of(upper_of(kth_smallest(key.data(), fn, frank, tmp), qs.b), qs.b);
+              qs.fixed = true;
+            }
+          }
+          fused_scan(search.data(), tq, qlow.template data_ptr<float>(), qn, c, scan_panels[job.scan].data(),
+                     scan_panel_norm[job.scan].data(), (scan_rows + kFuseR - 1) / kFuseR, rows.data() + r_begin,
+                     nb_all, float(uo2), feats, qpad, qnpad);
+        }
+      }
+#endif
+      for (int64_t r0 = r_begin; r0 < r_end && !fused;) {
         const int64_t tr = std::min(r0 == r_begin ? sample : tile, r_end - r0);
         at::Tensor dots = at::mm(qlow, scan_low[job.scan].narrow(0, r0 - r_begin, tr).t()).contiguous();
         const st* nb = nb_all + (r0 - r_begin);
