@@ -374,7 +374,9 @@ struct QuerySearch {
 
   // The kk nearest rows, ascending (exact distance, row), in cand[0 .. kk); false when the estimated threshold
   // turns out to have been too low (fewer than kk rows below it: then the caller ranks every row).
-  bool finish(const scalar_t* feats, int64_t c, std::vector<st>& tmp) {
+  // rows_fit_32: every row index is below 2^32 (the packed ranking of float32 distances); packed: its buffer.
+  bool finish(const scalar_t* feats, int64_t c, std::vector<st>& tmp, bool rows_fit_32,
+              std::vector<uint64_t>& packed) {
     if (fixed) {
       if (n < kk) return false;
       tmp.resize(n);
@@ -391,6 +393,25 @@ struct QuerySearch {
       drop_excluded();
     }
     compute_exact(feats, c);
+    if constexpr (std::is_same<scalar_t, float>::value) {
+      if (rows_fit_32) {
+        // float32 distances are non-negative (sums of squares: +0 at the least, never -0 or NaN), so they order
+        // like their bit patterns: one 64-bit key (bits << 32 | row) per candidate ranks by (distance, row) with
+        // integer compares. Only the rows are needed from here on.
+        packed.resize(n);
+        for (int64_t t = 0; t < n; ++t) {
+          const float d = static_cast<float>(cand[t].exact);
+          uint32_t bits;
+          std::memcpy(&bits, &d, sizeof(bits));
+          packed[t] = (static_cast<uint64_t>(bits) << 32) | static_cast<uint64_t>(cand[t].row);
+        }
+        if (n > kk) std::nth_element(packed.begin(), packed.begin() + (kk - 1), packed.end());
+        const int64_t m = std::min(n, kk);
+        std::sort(packed.begin(), packed.begin() + m);
+        for (int64_t t = 0; t < m; ++t) cand[t].row = static_cast<int64_t>(packed[t] & 0xffffffffu);
+        return true;
+      }
+    }
     if (n > kk) std::nth_element(cand, cand + kk - 1, cand + n, ExactBefore());
     std::sort(cand, cand + std::min(n, kk), ExactBefore());
     return true;
@@ -560,6 +581,7 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
 
   int64_t* oidx = out_idx.data_ptr<int64_t>();
   bool* ovalid = out_valid.data_ptr<bool>();
+  const bool rows_fit_32 = m <= (int64_t(1) << 32);
   at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t wb, int64_t we) {
     std::vector<Candidate<st>> cand_buf;
     std::vector<st> heap_buf, key(kSampleTiles * tile), tmp;
@@ -567,6 +589,7 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
     std::vector<Candidate<st>> ranked;
     std::vector<QuerySearch<scalar_t, st>> search;
     std::vector<float> qpad, qnpad;  // the fused path's query tile, padded to a multiple of kFuseQ
+    std::vector<uint64_t> packed;
     for (int64_t w = wb; w < we; ++w) {
       const Work& job = work[w];
       const int64_t tq = job.q1 - job.q0;
@@ -681,7 +704,7 @@ void knn_cpu_impl(const at::Tensor& features, const at::Tensor& batch_idx, const
         QuerySearch<scalar_t, st>& qs = search[a];
         const int64_t pos = query_pos[job.q0 + a];
         const int64_t self = qidx[pos];
-        if (qs.finish(feats, c, tmp)) {
+        if (qs.finish(feats, c, tmp, rows_fit_32, packed)) {
           for (int64_t t = 0; t < k; ++t) {
             oidx[pos * k + t] = t < kk ? qs.cand[t].row : self;
             ovalid[pos * k + t] = t < kk;
