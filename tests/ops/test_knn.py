@@ -314,3 +314,56 @@ def test_argument_errors():
         edge_features(features, None, torch.zeros(10, 2, dtype=torch.long), mode="sum")
     with pytest.raises(ValueError, match="idx has 3 rows"):
         edge_features(features, None, torch.zeros(3, 2, dtype=torch.long))
+
+
+def _emulated_exact_distance(a, b, lanes):
+    """An exact distance of the compiled CPU path, in numpy float32. lanes 4: four partial sums (channel i into sum
+    i % 4, the last C % 4 channels into sum 0), reduced as (s0 + s1) + (s2 + s3); lanes 8: channel i into sum i % 8,
+    reduced as ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))."""
+    import numpy as np
+    f = np.float32
+    a, b = a.numpy(), b.numpy()
+    c = a.shape[0]
+    s = [f(0)] * lanes
+    for i in range(c):
+        d = f(a[i] - b[i])
+        lane = i % 8 if lanes == 8 else (i % 4 if i < c - c % 4 else 0)
+        s[lane] = f(s[lane] + f(d * d))
+    if lanes == 4:
+        return float(f(f(s[0] + s[1]) + f(s[2] + s[3])))
+    return float(f(f(f(s[0] + s[4]) + f(s[2] + s[6])) + f(f(s[1] + s[5]) + f(s[3] + s[7]))))
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+@pytest.mark.parametrize("c", [3, 7, 8, 13, 64, 67])
+def test_exact_distance_is_the_documented_sum_on_every_cpu_path(c):
+    # the kept rows are ranked by this value: the CPU's vector path and the portable scalar one must give the same
+    # bits (results must not depend on the CPU), and both the documented order of additions
+    ext = _loader.load_extension(EXT_NAME)
+    torch.manual_seed(c)
+    a = torch.randn(40, c) * torch.logspace(-3, 3, c)
+    b = torch.randn(40, c) * torch.logspace(-3, 3, c)
+    native = ext.exact_distances(a, b, False)
+    portable = ext.exact_distances(a, b, True)
+    assert torch.equal(native, portable)
+    lanes = 4 if c < 8 else 8   # documented: four sums below 8 channels (the k-d tree's order for C <= 3)
+    want = torch.tensor([_emulated_exact_distance(a[i], b[i], lanes) for i in range(40)])
+    assert torch.equal(native, want)
+    if c >= 8:   # the two orders differ on these rows, so the check above can tell them apart
+        other = torch.tensor([_emulated_exact_distance(a[i], b[i], 4) for i in range(40)])
+        assert not torch.equal(native, other)
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+@pytest.mark.parametrize("k", [100, 384, 385, 500])
+def test_final_ranking_both_sides_of_the_rank_sort_limit(k):
+    # a query's kept rows are ordered by counting ranks up to 384 of them and by a selection + sort above; tie-heavy
+    # integer features (exact distances, many equal keys) with k on both sides of that limit
+    torch.manual_seed(k)
+    features = integer_features(1200, 16)
+    batch = torch.zeros(1200, dtype=torch.long)
+    batch[700:] = 1
+    query = torch.randperm(1200)[:40]
+    want_idx, want_valid = brute_force(features, batch, k, query)
+    idx, valid = knn_in_scans(features, batch, k, query, algorithm="gemm")
+    assert torch.equal(valid, want_valid) and torch.equal(idx, want_idx)

@@ -53,9 +53,9 @@ inline bool ranks_before(scalar_t da, int64_t ia, scalar_t db, int64_t ib) {
 }
 
 // Sum of squared differences with four partial sums: a fixed order, so identical rows give identical values.
-// This is the exact distance that ranks the kept rows.
+// This is the exact distance that ranks the kept rows (float32 with 8 or more channels: eight sums, below).
 template <typename scalar_t>
-inline scalar_t squared_distance(const scalar_t* a, const scalar_t* b, int64_t c) {
+inline scalar_t squared_distance_4sums(const scalar_t* a, const scalar_t* b, int64_t c) {
   scalar_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   int64_t i = 0;
   for (; i + 4 <= c; i += 4) {
@@ -70,6 +70,164 @@ inline scalar_t squared_distance(const scalar_t* a, const scalar_t* b, int64_t c
     s0 += d0 * d0;
   }
   return (s0 + s1) + (s2 + s3);
+}
+
+// float32, C >= 8: eight partial sums (channel i into sum i % 8, a separate multiply and add per channel, no FMA),
+// reduced as ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)), the order of an 8-lane vector reduction. The AVX2
+// version performs the same operations in the same order, so the value does not depend on the CPU; fewer than 8
+// channels keep the four sums above (the k-d tree's order for C <= 3).
+inline float reduce_lanes8(const float* s) {
+  return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+}
+
+inline float squared_distance_f32_scalar(const float* a, const float* b, int64_t c) {
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= c; i += 8)
+    for (int l = 0; l < 8; ++l) {
+      const float d = a[i + l] - b[i + l];
+      s[l] += d * d;
+    }
+  for (int l = 0; i + l < c; ++l) {
+    const float d = a[i + l] - b[i + l];
+    s[l] += d * d;
+  }
+  return reduce_lanes8(s);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#define PCDET_KNN_X86_AVX2 1
+// target avx2 without fma: the multiply and the add stay separate (no contraction), as in the scalar version
+__attribute__((target("avx2"))) float squared_distance_f32_avx2(const float* a, const float* b, int64_t c) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= c; i += 8) {
+    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(d, d));
+  }
+  alignas(32) float s[8];
+  _mm256_store_ps(s, acc);
+  for (int l = 0; i + l < c; ++l) {
+    const float d = a[i + l] - b[i + l];
+    s[l] += d * d;
+  }
+  return reduce_lanes8(s);
+}
+#endif
+
+inline bool cpu_has_avx2() {
+#ifdef PCDET_KNN_X86_AVX2
+  static const bool ok = __builtin_cpu_supports("avx2");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+template <typename scalar_t>
+inline scalar_t squared_distance(const scalar_t* a, const scalar_t* b, int64_t c) {
+  return squared_distance_4sums(a, b, c);
+}
+
+template <>
+inline float squared_distance<float>(const float* a, const float* b, int64_t c) {
+  if (c < 8) return squared_distance_4sums(a, b, c);
+#ifdef PCDET_KNN_X86_AVX2
+  if (cpu_has_avx2()) return squared_distance_f32_avx2(a, b, c);
+#endif
+  return squared_distance_f32_scalar(a, b, c);
+}
+
+// Reorders x[0 .. n) so that x[rank] is the element of that rank and no element before it is greater, none after
+// it smaller (the contract of std::nth_element, for a type with a strict weak order by <; 0 <= rank < n). Branch-free
+// Lomuto partitions around a median of three: the keys selected here (a few hundred distances per query, close to
+// each other) make every comparison of std::nth_element unpredictable, and its mispredictions cost more than the
+// comparisons. A range whose pivot is its minimum splits off the elements equal to it, so every pass shrinks the
+// range; after 64 passes (never seen; adversarial orders) std::nth_element takes over.
+template <typename T>
+void select_nth(T* x, int64_t n, int64_t rank) {
+  int64_t lo = 0, hi = n;
+  for (int pass = 0; hi - lo > 24; ++pass) {
+    if (pass == 64) {
+      std::nth_element(x + lo, x + rank, x + hi);
+      return;
+    }
+    const T a = x[lo], b = x[lo + (hi - lo) / 2], c = x[hi - 1];
+    const T pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));
+    // [lo, s) < pivot <= [s, hi): x[i] and x[s] swap, and s advances when x[i] was below the pivot
+    int64_t s = lo;
+    for (int64_t i = lo; i < hi; ++i) {
+      const T v = x[i];
+      const bool below = v < pivot;
+      x[i] = x[s];
+      x[s] = v;
+      s += below;
+    }
+    if (s == lo) {  // the pivot is the range's minimum: [lo, s) == pivot < [s, hi)
+      for (int64_t i = lo; i < hi; ++i) {
+        const T v = x[i];
+        const bool equal = !(pivot < v);
+        x[i] = x[s];
+        x[s] = v;
+        s += equal;
+      }
+      if (rank < s) return;
+      lo = s;
+      continue;
+    }
+    if (rank < s) {
+      hi = s;
+    } else {
+      lo = s;
+    }
+  }
+  for (int64_t i = lo + 1; i < hi; ++i) {  // insertion sort of the last few
+    const T v = x[i];
+    int64_t j = i;
+    for (; j > lo && v < x[j - 1]; --j) x[j] = x[j - 1];
+    x[j] = v;
+  }
+}
+
+// The kk smallest of n distinct keys with a clear top bit (packed float32 distances), ascending, into out[0 .. kk):
+// each key's rank is the number of keys below it, counted with AVX2 compares (n^2 / 4 of them, no branch), and a
+// key of rank below kk goes to that position. At a few hundred keys this is about three times faster than
+// std::sort, whose comparisons of close distances mispredict; returns false (nothing written) without AVX2 or when
+// n exceeds kRankSortMax, where the caller sorts.
+constexpr int64_t kRankSortMax = 384;
+#ifdef PCDET_KNN_X86_AVX2
+__attribute__((target("avx2"))) void rank_sort_avx2(const uint64_t* keys, int64_t n, int64_t kk, uint64_t* out) {
+  alignas(32) uint64_t pad[kRankSortMax + 4];
+  std::memcpy(pad, keys, n * sizeof(uint64_t));
+  const int64_t nv = (n + 3) / 4;
+  for (int64_t j = n; j < nv * 4; ++j) pad[j] = std::numeric_limits<int64_t>::max();  // above every key
+  for (int64_t i = 0; i < n; ++i) {
+    const __m256i vi = _mm256_set1_epi64x(static_cast<int64_t>(pad[i]));
+    __m256i below0 = _mm256_setzero_si256(), below1 = _mm256_setzero_si256();
+    int64_t v = 0;
+    for (; v + 2 <= nv; v += 2) {  // cmpgt gives -1 where keys[j] < keys[i]
+      below0 = _mm256_sub_epi64(below0, _mm256_cmpgt_epi64(vi, _mm256_load_si256(reinterpret_cast<const __m256i*>(pad + 4 * v))));
+      below1 = _mm256_sub_epi64(below1, _mm256_cmpgt_epi64(vi, _mm256_load_si256(reinterpret_cast<const __m256i*>(pad + 4 * v + 4))));
+    }
+    if (v < nv)
+      below0 = _mm256_sub_epi64(below0, _mm256_cmpgt_epi64(vi, _mm256_load_si256(reinterpret_cast<const __m256i*>(pad + 4 * v))));
+    alignas(32) int64_t lanes[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_add_epi64(below0, below1));
+    const int64_t rank = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    if (rank < kk) out[rank] = pad[i];
+  }
+}
+#endif
+
+inline bool rank_sort(const uint64_t* keys, int64_t n, int64_t kk, uint64_t* out) {
+#ifdef PCDET_KNN_X86_AVX2
+  if (n <= kRankSortMax && cpu_has_avx2()) {
+    rank_sort_avx2(keys, n, kk, out);
+    return true;
+  }
+#endif
+  return false;
 }
 
 // Counting sort of items by their (non-negative) key: returns (start offsets (num_keys + 1), items by key).
@@ -152,7 +310,7 @@ __attribute__((target("avx2"))) int64_t gather_hits_avx2(const dot_t* s, const f
 // lower keys are compared with the queries' thresholds there (the formula of low_key, same operation order), and
 // only a panel with a hit writes its dots out, for the caller's re-check with low_key. The dots are accumulated
 // with FMA over the channels in order, which the GEMM error bound (any order, with or without FMA) covers.
-constexpr int64_t kFuseQ = 6, kFuseR = 16;
+constexpr int64_t kFuseQ = 6, kFuseR = 16;  // fused_scan packs the masks of 6 queries x 16 rows in two words
 #define PCDET_KNN_FUSED 1
 
 // qa: kFuseQ query rows of c floats (stride c); nb: the panel's kFuseR row norms; an, t: the queries' norms and
@@ -324,10 +482,13 @@ struct QuerySearch {
     if (n == kk) thr = std::min(thr, threshold_of(st(kth * (1 + 2 * double(b.rho))), b));
   }
 
-  void drop_excluded() {
+  void drop_excluded() {  // branch-free compaction: about half the rows go, unpredictably
     int64_t m = 0;
-    for (int64_t t = 0; t < n; ++t)
-      if (cand[t].low <= thr) cand[m++] = cand[t];
+    for (int64_t t = 0; t < n; ++t) {
+      const Candidate<st> x = cand[t];
+      cand[m] = x;
+      m += x.low <= thr;
+    }
     n = m;
   }
 
@@ -381,7 +542,7 @@ struct QuerySearch {
       if (n < kk) return false;
       tmp.resize(n);
       for (int64_t t = 0; t < n; ++t) tmp[t] = cand[t].key;
-      std::nth_element(tmp.begin(), tmp.begin() + kk - 1, tmp.end());
+      select_nth(tmp.data(), n, kk - 1);
       // every row that can reach the final k has low <= threshold_of(upper_of(k-th key)): all of them were admitted
       // if that is within the threshold that admitted them
       const st need = threshold_of(upper_of(tmp[kk - 1], b), b);
@@ -405,9 +566,14 @@ struct QuerySearch {
           std::memcpy(&bits, &d, sizeof(bits));
           packed[t] = (static_cast<uint64_t>(bits) << 32) | static_cast<uint64_t>(cand[t].row);
         }
-        if (n > kk) std::nth_element(packed.begin(), packed.begin() + (kk - 1), packed.end());
         const int64_t m = std::min(n, kk);
-        std::sort(packed.begin(), packed.begin() + m);
+        uint64_t sorted_keys[kRankSortMax];
+        if (rank_sort(packed.data(), n, m, sorted_keys)) {
+          std::copy(sorted_keys, sorted_keys + m, packed.begin());
+        } else {
+          if (n > kk) select_nth(packed.data(), n, kk - 1);
+          std::sort(packed.begin(), packed.begin() + m);
+        }
         for (int64_t t = 0; t < m; ++t) cand[t].row = static_cast<int64_t>(packed[t] & 0xffffffffu);
         return true;
       }
@@ -435,7 +601,7 @@ st kth_smallest(const st* x, int64_t n, int64_t rank, std::vector<st>& buf) {
     return buf.front();
   }
   buf.assign(x, x + n);
-  std::nth_element(buf.begin(), buf.begin() + (rank - 1), buf.end());
+  select_nth(buf.data(), n, rank - 1);
   return buf[rank - 1];
 }
 
@@ -467,16 +633,22 @@ void fused_scan(SearchT* search, int64_t tq, const float* qlow, const float* qn,
         if (!fused_panel(qa, c, panels + p * kFuseR * c, panel_norm + p * kFuseR, qnpad.data() + g * kFuseQ, uo2, t,
                          masks, dots))
           continue;
-        for (int64_t i = 0; i < kFuseQ; ++i) {
-          if (!masks[i]) continue;
-          auto& qs = search[g * kFuseQ + i];
-          const float a_norm = qnpad[g * kFuseQ + i];
-          for (uint32_t m = masks[i]; m; m &= m - 1) {
-            const int64_t r = __builtin_ctz(m), j = p * kFuseR + r;
+        // the hits of the kFuseQ queries as two bit sets (bit 16 i + r: row r of query i), so that the loop's
+        // only unpredictable branch is its exit, not one per query; queries go in order, each query's rows too
+        const uint64_t lo_bits = uint64_t(masks[0]) | uint64_t(masks[1]) << 16 | uint64_t(masks[2]) << 32 |
+                                 uint64_t(masks[3]) << 48;
+        const uint64_t hi_bits = uint64_t(masks[4]) | uint64_t(masks[5]) << 16;
+        for (int half = 0; half < 2; ++half) {
+          for (uint64_t m = half ? hi_bits : lo_bits; m; m &= m - 1) {
+            const int64_t bit = __builtin_ctzll(m), i = 4 * half + (bit >> 4), r = bit & 15, j = p * kFuseR + r;
+            auto& qs = search[g * kFuseQ + i];
             float key_j;
-            const float low_j = low_key<float>(dots[i * kFuseR + r], nb[j], a_norm, uo2, &key_j);
+            const float low_j = low_key<float>(dots[i * kFuseR + r], nb[j], qnpad[g * kFuseQ + i], uo2, &key_j);
             if (low_j <= qs.thr) qs.admit(low_j, key_j, scan_rows[j], feats, c);
           }
+        }
+        for (int64_t i = 0; i < kFuseQ && g * kFuseQ + i < tq; ++i) {
+          auto& qs = search[g * kFuseQ + i];
           qs.refresh_threshold();
           t[i] = loosen(qs.thr);
         }
@@ -878,7 +1050,7 @@ void tree_query(const ScanTree<scalar_t>& t, const scalar_t* q, int64_t c, int64
   }
   const int64_t n0 = t.end[nd] - t.begin[nd];
   leaf_distances(t, q, c, t.begin[nd], t.end[nd], dist);
-  std::nth_element(dist, dist + (kk - 1), dist + n0);
+  select_nth(dist, n0, kk - 1);
   const scalar_t radius = dist[kk - 1];
   const scalar_t reach = radius * (1 + 16 * std::numeric_limits<scalar_t>::epsilon());
   // (2) every row within the radius (inclusive: ties stay)
@@ -900,7 +1072,7 @@ void tree_query(const ScanTree<scalar_t>& t, const scalar_t* q, int64_t c, int64
       nc += dist[i - b] <= radius;
     }
   }
-  if (nc > kk) std::nth_element(cand, cand + (kk - 1), cand + nc);
+  if (nc > kk) select_nth(cand, nc, kk - 1);
   std::sort(cand, cand + kk);
 }
 
@@ -1077,6 +1249,25 @@ at::Tensor edge_features_backward(const at::Tensor& grad, const at::Tensor& quer
   return out;
 }
 
+// Test hook: the exact distance of the kept rows (squared_distance) between a[i] and b[i], float32 (N, C) each, with
+// the CPU's own path or (scalar) the portable one; both must agree bit for bit. Returns (N,) float32.
+at::Tensor exact_distances(const at::Tensor& a, const at::Tensor& b, bool scalar) {
+  TORCH_CHECK(a.dim() == 2 && a.sizes() == b.sizes() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+                  a.device().is_cpu() && b.device().is_cpu(),
+              "exact_distances: a and b must be float32 CPU tensors of the same shape (N, C), got ", a.sizes(), " and ",
+              b.sizes());
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  const int64_t n = ac.size(0), c = ac.size(1);
+  at::Tensor out = at::empty({n}, ac.options());
+  const float* pa = ac.data_ptr<float>();
+  const float* pb = bc.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i)
+    po[i] = scalar && c >= 8 ? squared_distance_f32_scalar(pa + i * c, pb + i * c, c)
+                             : squared_distance(pa + i * c, pb + i * c, c);
+  return out;
+}
+
 bool with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -1095,5 +1286,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("query_index"), py::arg("idx"), py::arg("diff"));
   m.def("edge_features_backward", &edge_features_backward, "(M, C) gradient of edge features", py::arg("grad"),
         py::arg("query_index"), py::arg("idx"), py::arg("num_rows"), py::arg("diff"));
+  m.def("exact_distances", &exact_distances, "(N,) exact squared distances of rows a[i], b[i] (test hook)",
+        py::arg("a"), py::arg("b"), py::arg("scalar"));
   m.def("with_cuda", &with_cuda, "True when built with the CUDA kernels");
 }
