@@ -30,11 +30,6 @@ std::vector<at::Tensor> pd_edge_loss_backward_cuda(const at::Tensor& grad_loss, 
                                                    bool need_t);
 #endif
 
-// The loss sweep's ReLU selects (a > 0 ? ... : 0) are if-converted into vector blends only where the compiler may
-// evaluate both arms: with trapping math (GCC's default) it keeps one branch per channel and edge, scalar (about 4x
-// slower). No value changes: no floating-point exception is observed here.
-#pragma GCC optimize("no-trapping-math")
-
 namespace {
 
 constexpr int64_t kBlock = 32;  // queries per reduction block
@@ -194,6 +189,13 @@ struct SweepOut {            // per side: da_q, yc_q (Q, C); this chunk's da_r, 
   double* ab;                // {sum da_s, sum da_s (y_s - mean_s), sum da_t, sum da_t (y_t - mean_t)}
 };
 
+// The loss sweep's ReLU selects (a > 0 ? ... : 0) become vector blends only where the compiler may evaluate both
+// arms: under trapping math (GCC's default) it kept one branch per channel and edge, scalar (about 2x slower for
+// the whole forward). No value changes (nothing here reads floating-point exception flags). Scoped to the sweep:
+// a function compiled with other floating-point options does not inline library functions defined before it,
+// so the sweep uses plain loops instead of library calls.
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
 // y - mean of one edge (row + centre - mean) added to its query's and its row's sums (every edge, invalid ones too)
 inline __attribute__((always_inline)) void add_centred(float* yc_query, float* yc_row, const float* row,
                                                         const float* centre, const float* mean, int64_t c) {
@@ -221,8 +223,9 @@ inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const 
     float* ycs = NS ? o.yc_q_s + i * c : nullptr;
     float* dat = NT ? o.da_q_t + i * c : nullptr;
     float* yct = NT ? o.yc_q_t + i * c : nullptr;
-    std::fill(lacc, lacc + c, 0.f);
-    if (NS || NT) std::fill(ab_i, ab_i + 4 * c, 0.f);
+    for (int64_t ch = 0; ch < c; ++ch) lacc[ch] = 0.f;  // plain loops: see the pragma above
+    if (NS || NT)
+      for (int64_t x = 0; x < 4 * c; ++x) ab_i[x] = 0.f;
     for (int64_t kk = 0; kk < k; ++kk) {
       const int64_t j = a.idx[i * k + kk];
       const float* rs = a.rs + j * c;
@@ -280,6 +283,7 @@ PCDET_PD_CLONES
 double sweep_both(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
   return sweep_impl<true, true>(a, o, i0, i1, lacc, ab_i);
 }
+#pragma GCC pop_options
 
 // The backward's cache of one side: {da_q (Q, C), yc_q (Q, C), ab (2, C) float64, da_r (M, C), yc_r (M, C)};
 // empty tensors for a side without gradient.
