@@ -367,3 +367,20 @@ def test_final_ranking_both_sides_of_the_rank_sort_limit(k):
     want_idx, want_valid = brute_force(features, batch, k, query)
     idx, valid = knn_in_scans(features, batch, k, query, algorithm="gemm")
     assert torch.equal(valid, want_valid) and torch.equal(idx, want_idx)
+
+
+@pytest.mark.skipif(not COMPILED, reason=f"{EXT_NAME} is not built")
+@pytest.mark.parametrize("n", [0, 1, 4, 5, 383, 384])
+def test_rank_sort_of_the_kept_rows_at_its_sizes(n):
+    # the kept rows' packed (distance bits, row) keys are ordered by counting ranks (AVX2) up to 384 of them:
+    # padded vector tails (n not a multiple of 4), the full buffer, and kk below, at and above n
+    ext = _loader.load_extension(EXT_NAME)
+    torch.manual_seed(n)
+    dist_bits = torch.randint(0, 50, (n,))          # many equal distances: the row in the low bits breaks ties
+    keys = dist_bits * 2 ** 32 + torch.randperm(max(n, 1))[:n]
+    for kk in sorted({0, 1, max(n - 1, 0), n, n + 3}):
+        got = ext.rank_sorted(keys, kk)
+        if got is None:
+            pytest.skip("this CPU has no AVX2: the kept rows are sorted with std::sort")
+        assert torch.equal(got, torch.sort(keys).values[:kk]), kk
+    assert ext.rank_sorted(torch.arange(385), 10) is None   # above the limit the caller sorts

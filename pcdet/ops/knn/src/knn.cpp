@@ -35,6 +35,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#endif
+
 #ifdef WITH_CUDA
 std::vector<at::Tensor> knn_in_scans_cuda(const at::Tensor& features, const at::Tensor& batch_idx,
                                           const at::Tensor& query_index, int64_t k);
@@ -96,9 +100,10 @@ inline float squared_distance_f32_scalar(const float* a, const float* b, int64_t
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#include <immintrin.h>
 #define PCDET_KNN_X86_AVX2 1
-// target avx2 without fma: the multiply and the add stay separate (no contraction), as in the scalar version
+// target avx2 without fma: the multiply and the add stay separate (no contraction), as in the scalar version. Both
+// rely on the build enabling no FMA globally (setup.py passes no -march); test_exact_distance_is_the_documented_sum
+// fails if a build contracts either.
 __attribute__((target("avx2"))) float squared_distance_f32_avx2(const float* a, const float* b, int64_t c) {
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0;
@@ -275,7 +280,6 @@ int64_t gather_hits_scalar(const dot_t* s, const st* nb, st a, st uo2, int64_t j
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#include <immintrin.h>
 #define PCDET_KNN_AVX2_GATHER 1
 
 template <typename dot_t>
@@ -1268,6 +1272,22 @@ at::Tensor exact_distances(const at::Tensor& a, const at::Tensor& b, bool scalar
   return out;
 }
 
+// Test hook: rank_sort on (N,) int64 keys (distinct, non-negative): the min(N, kk) smallest ascending, or None
+// where the CPU path does not take it (no AVX2, or N above kRankSortMax).
+c10::optional<at::Tensor> rank_sorted(const at::Tensor& keys, int64_t kk) {
+  TORCH_CHECK(keys.dim() == 1 && keys.scalar_type() == at::kLong && keys.device().is_cpu() && kk >= 0,
+              "rank_sorted: keys must be a 1-D int64 CPU tensor and kk >= 0, got ", keys.sizes(), " and ", kk);
+  const at::Tensor kc = keys.contiguous();
+  const int64_t n = kc.size(0), m = std::min(n, kk);
+  const int64_t* kp = kc.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) TORCH_CHECK(kp[i] >= 0, "rank_sorted: keys[", i, "] is negative");
+  uint64_t out[kRankSortMax];
+  if (!rank_sort(reinterpret_cast<const uint64_t*>(kp), n, m, out)) return c10::nullopt;
+  at::Tensor res = at::empty({m}, kc.options());
+  std::memcpy(res.data_ptr<int64_t>(), out, m * sizeof(int64_t));
+  return res;
+}
+
 bool with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -1288,5 +1308,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("query_index"), py::arg("idx"), py::arg("num_rows"), py::arg("diff"));
   m.def("exact_distances", &exact_distances, "(N,) exact squared distances of rows a[i], b[i] (test hook)",
         py::arg("a"), py::arg("b"), py::arg("scalar"));
+  m.def("rank_sorted", &rank_sorted, "the min(N, kk) smallest keys ascending by rank_sort, or None (test hook)",
+        py::arg("keys"), py::arg("kk"));
   m.def("with_cuda", &with_cuda, "True when built with the CUDA kernels");
 }
