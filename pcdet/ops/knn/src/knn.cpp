@@ -121,14 +121,12 @@ __attribute__((target("avx2"))) float squared_distance_f32_avx2(const float* a, 
 }
 #endif
 
-inline bool cpu_has_avx2() {
 #ifdef PCDET_KNN_X86_AVX2
+inline bool cpu_has_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2");
   return ok;
-#else
-  return false;
-#endif
 }
+#endif
 
 template <typename scalar_t>
 inline scalar_t squared_distance(const scalar_t* a, const scalar_t* b, int64_t c) {

@@ -194,8 +194,11 @@ struct SweepOut {            // per side: da_q, yc_q (Q, C); this chunk's da_r, 
 // the whole forward). No value changes (nothing here reads floating-point exception flags). Scoped to the sweep:
 // a function compiled with other floating-point options does not inline library functions defined before it,
 // so the sweep uses plain loops instead of library calls.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define PCDET_PD_SWEEP_OPTIONS 1
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
+#endif
 // y - mean of one edge (row + centre - mean) added to its query's and its row's sums (every edge, invalid ones too)
 inline __attribute__((always_inline)) void add_centred(float* yc_query, float* yc_row, const float* row,
                                                         const float* centre, const float* mean, int64_t c) {
@@ -283,7 +286,9 @@ PCDET_PD_CLONES
 double sweep_both(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
   return sweep_impl<true, true>(a, o, i0, i1, lacc, ab_i);
 }
+#ifdef PCDET_PD_SWEEP_OPTIONS
 #pragma GCC pop_options
+#endif
 
 // The backward's cache of one side: {da_q (Q, C), yc_q (Q, C), ab (2, C) float64, da_r (M, C), yc_r (M, C)};
 // empty tensors for a side without gradient.
