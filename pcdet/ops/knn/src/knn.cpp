@@ -277,8 +277,7 @@ int64_t gather_hits_scalar(const dot_t* s, const st* nb, st a, st uo2, int64_t j
   return nh;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#define PCDET_KNN_AVX2_GATHER 1
+#ifdef PCDET_KNN_X86_AVX2
 
 template <typename dot_t>
 __attribute__((target("avx2"))) int64_t gather_hits_avx2(const dot_t* s, const float* nb, float a, float uo2,
@@ -357,7 +356,7 @@ __attribute__((target("avx2,fma"))) bool fused_panel(const float* qa, int64_t c,
 }
 
 inline bool fused_supported() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("fma");
   return ok;
 }
 #endif
@@ -366,10 +365,9 @@ inline bool fused_supported() {
 template <typename dot_t, typename st>
 int64_t gather_hits(const dot_t* s, const st* nb, st a, st uo2, int64_t n, st t, int32_t* hit) {
   const st loose = t + std::fabs(t) * (8 * std::numeric_limits<st>::epsilon());
-#ifdef PCDET_KNN_AVX2_GATHER
+#ifdef PCDET_KNN_X86_AVX2
   if constexpr (std::is_same<st, float>::value) {
-    static const bool avx2 = __builtin_cpu_supports("avx2");
-    if (avx2) return gather_hits_avx2<dot_t>(s, nb, a, uo2, n, loose, hit);
+    if (cpu_has_avx2()) return gather_hits_avx2<dot_t>(s, nb, a, uo2, n, loose, hit);
   }
 #endif
   return gather_hits_scalar<dot_t, st>(s, nb, a, uo2, 0, n, loose, hit, 0);
@@ -570,13 +568,13 @@ struct QuerySearch {
         }
         const int64_t m = std::min(n, kk);
         uint64_t sorted_keys[kRankSortMax];
-        if (rank_sort(packed.data(), n, m, sorted_keys)) {
-          std::copy(sorted_keys, sorted_keys + m, packed.begin());
-        } else {
+        const uint64_t* ordered = sorted_keys;
+        if (!rank_sort(packed.data(), n, m, sorted_keys)) {
           if (n > kk) select_nth(packed.data(), n, kk - 1);
           std::sort(packed.begin(), packed.begin() + m);
+          ordered = packed.data();
         }
-        for (int64_t t = 0; t < m; ++t) cand[t].row = static_cast<int64_t>(packed[t] & 0xffffffffu);
+        for (int64_t t = 0; t < m; ++t) cand[t].row = static_cast<int64_t>(ordered[t] & 0xffffffffu);
         return true;
       }
     }
