@@ -297,6 +297,30 @@ def test_train_returns_the_logged_training_time_of_a_reused_checkpoint(tmp_path)
     assert runner.train(run) == pytest.approx(44.5 * 60)
 
 
+def test_train_and_eval_of_a_reused_checkpoint_logs_its_evaluation_time_not_a_negative_one(tmp_path, monkeypatch):
+    """A checkpoint trained for another split (the tuning run of the setting later frozen) has its logged training
+    time; the evaluation that follows is timed on its own (it was logged as minus the training time)."""
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    run = next(r for r in bench.runs if r.method == "none")
+    ckpt = bench.ckpt_path(run)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"x")
+    log = bench.run_dir(run) / "log"
+    log.mkdir(parents=True, exist_ok=True)
+    (log / "train_a.log").write_text("2026-12-02 00:00:00,1   INFO  **start training x\n"
+                                     "2026-12-02 01:00:00,1   INFO  **end training x\n")
+    runner = Runner(bench, jobs=1, threads=1)
+    lines, evaluated = [], []
+    monkeypatch.setattr(runner, "log", lines.append)
+    monkeypatch.setattr(runner, "results_complete", lambda r: False)
+    monkeypatch.setattr(runner, "evaluate", lambda r, split, epoch=None, **kw: evaluated.append((split, epoch)))
+    runner.train_and_eval(run)
+    assert ("val", None) in evaluated
+    line = next(x for x in lines if x.startswith(run.name))
+    assert "trained in 60.0 min (checkpoint reused), evaluated on" in line, line
+    assert int(line.rsplit(" in ", 1)[1].split()[0]) >= 0, line
+
+
 def test_a_filtered_invocation_does_not_record_its_wall_time_as_the_familys(tmp_path, monkeypatch):
     from pcdet.kd.benchmark import cli
 
@@ -425,7 +449,9 @@ def test_committed_results_keep_their_config_hashes():
     the derived configs would orphan them)."""
     repo = TOOLS.parent
     for native, names in ((False, ["pointpillar_none_w0.25_s0", "pointpillar_none_w0.25_s2_e12",
-                                    "pointpillar_none_w0.25_s0_lr0.001", "pointpillar_teacher_zoo"]),
+                                    "pointpillar_none_w0.25_s0_lr0.001", "pointpillar_teacher_zoo",
+                                    "pointpillar_pd_inherit_w0.25_s0_tau1_e18",
+                                    "pointpillar_pd_inherit_w0.25_s0_tau4_e18"]),
                           (True, ["pointpillar_none_w0.25_s0_e12", "pointpillar_pointdistiller_w0.25_s0_tau1",
                                   "centerpoint_pillar_itkd_w0.125_s0_ae5_det1"])):
         bench = Benchmark("cpu", PRESETS["cpu"], repo / "output" / "benchmark_kd" / "cpu",

@@ -116,8 +116,10 @@ PRESETS = {
         # 23.06; the student alone 28.74), docs/results_cpu_tuning.md
         kd_overrides={"pointdistiller": {"pointpillar": _PD_PP_FROZEN},
                       # teacher-guided init alone and with PointDistiller, tune split seed 0 (2026-12-03): 30.03 and
-                      # 31.83 against 28.74 alone; both go to val
-                      "pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, KD={"INIT_FROM_TEACHER": True})},
+                      # 31.83 against 28.74 alone; both go to val. TAU 4 since 2026-12-07, frozen by the registered
+                      # rule of the TAU sweep below (tune, seed 0, 18 epochs: tau4_e18 36.91, tau16_e18 36.35,
+                      # tau1_e18 34.10, init alone 34.08); the TAU 1 val runs (seeds 0-2) stay under their hash
+                      "pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, TAU=4.0, KD={"INIT_FROM_TEACHER": True})},
                       # itKD on the CenterPoint-pillar 1/4 student, frozen from its sweep (2026-12-03, tune split,
                       # seed 0: ae5_det1 20.49 > ae5 18.62 > default 17.72; the student alone 23.34)
                       "itkd": {"centerpoint_pillar": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}},
@@ -166,8 +168,9 @@ PRESETS = {
             # least 1.0 mAP and init alone by at least 1.0; otherwise TAU 1 stays and the sweep is reported.
             "inherit": {"pointpillar": [{"label": "default", "overrides": {}, "epochs": 12},
                                         {"label": "e18", "overrides": {}}]},
-            "pd_inherit": {"pointpillar": [{"label": "default", "overrides": {}, "epochs": 12},
-                                           {"label": "tau1_e18", "overrides": {}},
+            # (the frozen TAU became 4 with the decision; 'default' and 'tau1_e18' now state TAU 1, same hashes)
+            "pd_inherit": {"pointpillar": [{"label": "default", "overrides": {"TAU": 1.0}, "epochs": 12},
+                                           {"label": "tau1_e18", "overrides": {"TAU": 1.0}},
                                            {"label": "tau4_e18", "overrides": {"TAU": 4.0}},
                                            {"label": "tau16_e18", "overrides": {"TAU": 16.0}}]},
             "itkd": {"centerpoint_pillar": [

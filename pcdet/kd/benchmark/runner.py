@@ -140,14 +140,17 @@ class Runner:
         if self.results_complete(run) and not needed:
             self.log(f"{run.name}: every result present for config {bench.cfg_hash(run)}, reused")
             return
-        t0 = time.time()
+        # a checkpoint already there (another split's run of the same config, an interrupted evaluation) is
+        # reused: the time logged for it is its training log's, the evaluation is timed here
+        reused = run.zoo is not None or bench.ckpt_path(run).is_file()
         train_s = self.train(run)
+        t_eval = time.time()
         for split in self.splits_of(run):
             self.evaluate(run, split, summary=True, train_s=train_s)
             for epoch in self.curve_epochs(run):
                 self.evaluate(run, split, epoch=epoch)
-        self.log(f"{run.name}: trained in {train_s / 60:.1f} min" + (" (reused)" if train_s == 0 else "")
-                 + f", evaluated on {'/'.join(self.splits_of(run))} in {(time.time() - t0 - train_s):.0f} s")
+        self.log(f"{run.name}: trained in {train_s / 60:.1f} min" + (" (checkpoint reused)" if reused else "")
+                 + f", evaluated on {'/'.join(self.splits_of(run))} in {time.time() - t_eval:.0f} s")
 
     # ------------------------------------------------------------------ the pool
     def progress_line(self, done_runs, all_runs):
