@@ -43,11 +43,12 @@ def _run(fn, side_s, side_t, idx, valid, phi, lam=2.0):
 
 
 @requires_ext
+@pytest.mark.parametrize("c", [5, 16])   # 16: the AVX2 query pass (C a multiple of 8, where the CPU has AVX2)
 @pytest.mark.parametrize("kind", ["random", "ties", "padded", "frozen_teacher", "offset"])
-def test_fused_loss_stats_and_gradients_match_the_reference(kind):
+def test_fused_loss_stats_and_gradients_match_the_reference(kind, c):
     case = _case(seed={"random": 0, "ties": 1, "padded": 2, "frozen_teacher": 3, "offset": 8}[kind],
                  ties=kind == "ties", padded=kind == "padded", teacher_grad=kind != "frozen_teacher",
-                 offset=300.0 if kind == "offset" else 0.0)
+                 offset=300.0 if kind == "offset" else 0.0, c=c)
     loss, stats, grads = _run(pd_edge_loss, *case)
     ref_loss, ref_stats, ref_grads = _run(pd_edge_loss_reference, *case)
     assert loss.item() > 0
@@ -98,10 +99,11 @@ def test_empty_and_single_row_cases():
 
 
 @requires_ext
-def test_fused_results_do_not_depend_on_the_thread_count():
-    # q 1100: eight chunks of queries, each scattering into its own row accumulators (the op's num_chunks), on
-    # 400 rows that every chunk reaches; the sums are added in chunk order, whatever the number of threads
-    case = _case(m=400, q=1100, k=16, c=8, seed=6, padded=True)
+@pytest.mark.parametrize("c", [5, 8])     # the portable query pass and (where the CPU has it) the AVX2 one
+def test_fused_results_do_not_depend_on_the_thread_count(c):
+    # q 1100: 35 blocks of 32 queries whose partial sums are added in block order, and a row pass over 400 rows
+    # that every block reaches (each row's edges in a fixed order), whatever the number of threads
+    case = _case(m=400, q=1100, k=16, c=c, seed=6, padded=True)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -113,7 +115,7 @@ def test_fused_results_do_not_depend_on_the_thread_count():
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
     for a, b in zip(one[2], many[2]):
         assert torch.equal(a, b)
-    ref = _run(pd_edge_loss_reference, *case)      # and the chunked sums are the reference's
+    ref = _run(pd_edge_loss_reference, *case)      # and the blocked sums are the reference's
     torch.testing.assert_close(one[0], ref[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(one[2], ref[2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -132,15 +134,16 @@ def test_bad_arguments_are_named():
 
 
 @requires_ext
+@pytest.mark.parametrize("c", [6, 8])
 @pytest.mark.parametrize("need", ["both", "student", "teacher"])
-def test_cached_backward_equals_the_recomputing_backward(need):
+def test_cached_backward_equals_the_recomputing_backward(need, c):
     # the CPU forward keeps the loss sweep's per-query and per-row sums for the backward (which then sweeps no
     # edge); the backward without them (ext.backward, which reruns that sweep) gives the same gradients bit for
     # bit, for every side that needs them, and the autograd path equals the reference
     ext = _loader.load_extension(EXT_NAME)
     if not hasattr(ext, "forward_train"):
         pytest.skip(f"{EXT_NAME} predates forward_train: rebuild (pip install --no-build-isolation -e .)")
-    side_s, side_t, idx, valid, phi = _case(m=80, q=40, k=9, c=6, seed=11, padded=True)
+    side_s, side_t, idx, valid, phi = _case(m=80, q=40, k=9, c=c, seed=11, padded=True)
     need_s, need_t = need in ("both", "student"), need in ("both", "teacher")
     f32 = [t.detach().float().contiguous() for t in (*side_s, *side_t)]
     loss, stats, *cache = ext.forward_train(f32[:4], f32[4:], idx, valid, phi, 2.0, 1e-5, need_s, need_t)

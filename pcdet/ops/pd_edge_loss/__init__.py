@@ -12,9 +12,11 @@ them (the teacher side only when its graph layer learns). CPU results do not dep
 
 On CPU the training forward (``ext.forward_train``) also keeps, for each side that needs a gradient, the sums of
 the loss sweep that the backward needs: per query and per neighbour row, the sums over their edges of the upstream
-gradient and of y - mean (two (Q, C') and two (M, C') float32 tensors, and one (2, C') float64), scattered into one
-row accumulator per fixed chunk of queries and added in chunk order. Every gradient is then closed-form from those
-sums: the backward sweeps no edge. The edge loops are cloned for AVX-512 / AVX2 with run-time dispatch.
+gradient and of y - mean (two (Q, C') and two (M, C') float32 tensors, and one (2, C') float64): a query pass
+over fixed blocks of queries, and a row pass over the CSR transpose of idx in which each row gathers its own
+edges (nothing is scattered). Every gradient is then closed-form from those sums: the backward sweeps no edge.
+The edge loops are written in AVX2 for C' a multiple of 8 where the CPU has it; otherwise they are cloned for
+AVX-512 / AVX2 / x86-64 with run-time dispatch.
 """
 import torch
 from torch.autograd.function import once_differentiable

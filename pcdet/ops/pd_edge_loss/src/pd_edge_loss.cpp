@@ -7,9 +7,9 @@
 // valid (Q, K), phi (Q,). BatchNorm uses the batch statistics over all Q*K edges (biased variance), as the
 // reference BatchNorm1d over the (Q*K, C) edge matrix in training mode; the loss is
 //     L = lam * sum_{valid (i,k)} phi_i sum_c (z_t - z_s)^2 / max(1, #valid * C),  z = relu(gamma * yhat + beta).
-// Determinism: reductions run over fixed blocks (chunks) of queries, set by Q alone, whose partial sums are added
-// in block order, and each row's gradient sums are scattered into one accumulator per chunk, added in chunk order,
-// so results do not depend on the number of threads.
+// Determinism: reductions run over fixed blocks of queries, set by Q alone, whose partial sums are added in block
+// order, and each neighbour row's gradient sums are formed by that row alone over its edges in a fixed order (a
+// row pass over the CSR transpose of idx), so results do not depend on the number of threads.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -17,6 +17,10 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#endif
 
 #ifdef WITH_CUDA
 std::vector<at::Tensor> pd_edge_loss_forward_cuda(const std::vector<at::Tensor>& side_s,
@@ -162,18 +166,6 @@ at::Tensor moments_both(const SideView& s, const SideView& t, const int64_t* idx
   return stats;
 }
 
-// Chunks of queries of the loss sweep: a function of (Q, K, M) alone, so the sums do not depend on the thread
-// count; at least 128 queries a chunk, at most 16 chunks, and the per-chunk (M, C) row accumulators (2 per side
-// that learns) hold at most as many values as the sweep has edge channels (Q K C).
-constexpr int64_t kMaxChunks = 16;
-constexpr int64_t kMinChunkQueries = 128;
-
-int64_t num_chunks(int64_t q, int64_t k, int64_t m) {
-  const int64_t by_queries = q / kMinChunkQueries;
-  const int64_t by_memory = (q * k) / std::max<int64_t>(1, 2 * m);
-  return std::max<int64_t>(1, std::min({kMaxChunks, by_queries, by_memory}));
-}
-
 struct SweepIn {
   const float *rs, *cs, *rt, *ct;                      // rows (M, C) / centre (Q, C) of the student, the teacher
   const float *scale_s, *shift_s, *mean_s, *scale_t, *shift_t, *mean_t;   // (C) each: Norm of each side
@@ -183,61 +175,73 @@ struct SweepIn {
   int64_t q, k, c;
 };
 
-struct SweepOut {            // per side: da_q, yc_q (Q, C); this chunk's da_r, yc_r (M, C); ab (4, C) of the chunk
-  float *da_q_s, *yc_q_s, *da_r_s, *yc_r_s;
-  float *da_q_t, *yc_q_t, *da_r_t, *yc_r_t;
+struct SweepOut {            // per side: da_q, yc_q (Q, C); ab (4, C) of the block
+  float *da_q_s, *yc_q_s;
+  float *da_q_t, *yc_q_t;
   double* ab;                // {sum da_s, sum da_s (y_s - mean_s), sum da_t, sum da_t (y_t - mean_t)}
 };
 
+// The edges of each neighbour row, in CSR form: row j's edges e = i * K + k (idx[i, k] = j) are
+// edges[ptr[j] .. ptr[j + 1]), in increasing e (a counting sort, so the order is fixed by idx alone).
+struct RowEdges {
+  std::vector<int64_t> ptr, edges;
+};
+
+RowEdges row_edges(const int64_t* idx, int64_t n_edges, int64_t m) {
+  RowEdges r{std::vector<int64_t>(static_cast<size_t>(m + 1), 0), std::vector<int64_t>(static_cast<size_t>(n_edges))};
+  for (int64_t e = 0; e < n_edges; ++e) ++r.ptr[idx[e] + 1];
+  for (int64_t j = 0; j < m; ++j) r.ptr[j + 1] += r.ptr[j];
+  std::vector<int64_t> next(r.ptr.begin(), r.ptr.end() - 1);
+  for (int64_t e = 0; e < n_edges; ++e) r.edges[next[idx[e]]++] = e;
+  return r;
+}
+
 // The loss sweep's ReLU selects (a > 0 ? ... : 0) become vector blends only where the compiler may evaluate both
 // arms: under trapping math (GCC's default) it kept one branch per channel and edge, scalar (about 2x slower for
-// the whole forward). No value changes (nothing here reads floating-point exception flags). Scoped to the sweep:
+// the whole forward). No value changes (nothing here reads floating-point exception flags). Scoped to the sweeps:
 // a function compiled with other floating-point options does not inline library functions defined before it,
-// so the sweep uses plain loops instead of library calls.
+// so the sweeps use plain loops instead of library calls.
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
 #define PCDET_PD_SWEEP_OPTIONS 1
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
 #endif
-// y - mean of one edge (row + centre - mean) added to its query's and its row's sums (every edge, invalid ones too)
-inline __attribute__((always_inline)) void add_centred(float* yc_query, float* yc_row, const float* row,
-                                                        const float* centre, const float* mean, int64_t c) {
-#pragma GCC ivdep
-  for (int64_t ch = 0; ch < c; ++ch) {
-    const float yc = row[ch] + centre[ch] - mean[ch];
-    yc_query[ch] += yc;
-    yc_row[ch] += yc;
-  }
-}
 
-// queries [i0, i1); lacc (C) and ab_i (4C) are scratch
+// The query pass over queries [i0, i1): the loss sum, and for each side that learns its per-query sums (da_q,
+// yc_q) and the block's ab. Writes only rows [i0, i1) of the outputs. The per-query sums build up in the scratch
+// (9 C floats: loss, ab (4 C), da and yc of each side) and are copied out once per query: with the outputs written
+// inside the edge loop GCC kept that loop scalar (about 4x slower).
 template <bool NS, bool NT>
 inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const SweepOut& o, int64_t i0,
-                                                         int64_t i1, float* lacc, float* ab_i) {
+                                                         int64_t i1, float* __restrict scratch) {
   const int64_t k = a.k, c = a.c;
   const float *scs = a.scale_s, *shs = a.shift_s, *ms = a.mean_s;
   const float *sct = a.scale_t, *sht = a.shift_t, *mt = a.mean_t;
+  float* __restrict lacc = scratch;
+  float* __restrict ab_i = scratch + c;
+  float* __restrict das = scratch + 5 * c;
+  float* __restrict dat = scratch + 6 * c;
+  float* __restrict ycs = scratch + 7 * c;
+  float* __restrict yct = scratch + 8 * c;
   double total = 0.0;
   for (int64_t i = i0; i < i1; ++i) {
     const float w = a.phi[i];
     const float* cs = a.cs + i * c;
     const float* ct = a.ct + i * c;
-    float* das = NS ? o.da_q_s + i * c : nullptr;
-    float* ycs = NS ? o.yc_q_s + i * c : nullptr;
-    float* dat = NT ? o.da_q_t + i * c : nullptr;
-    float* yct = NT ? o.yc_q_t + i * c : nullptr;
-    for (int64_t ch = 0; ch < c; ++ch) lacc[ch] = 0.f;  // plain loops: see the pragma above
-    if (NS || NT)
-      for (int64_t x = 0; x < 4 * c; ++x) ab_i[x] = 0.f;
+    for (int64_t x = 0; x < 9 * c; ++x) scratch[x] = 0.f;  // plain loops: see the pragma above
     for (int64_t kk = 0; kk < k; ++kk) {
       const int64_t j = a.idx[i * k + kk];
       const float* rs = a.rs + j * c;
       const float* rt = a.rt + j * c;
-      if (NS) add_centred(ycs, o.yc_r_s + j * c, rs, cs, ms, c);
-      if (NT) add_centred(yct, o.yc_r_t + j * c, rt, ct, mt, c);
+      if (NS) {
+#pragma GCC ivdep
+        for (int64_t ch = 0; ch < c; ++ch) ycs[ch] += rs[ch] + cs[ch] - ms[ch];
+      }
+      if (NT) {
+#pragma GCC ivdep
+        for (int64_t ch = 0; ch < c; ++ch) yct[ch] += rt[ch] + ct[ch] - mt[ch];
+      }
       if (!a.valid[i * k + kk]) continue;
-      float* drs = NS ? o.da_r_s + j * c : nullptr;
-      float* drt = NT ? o.da_r_t + j * c : nullptr;
 #pragma GCC ivdep
       for (int64_t ch = 0; ch < c; ++ch) {
         const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
@@ -248,15 +252,11 @@ inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const 
         if (NS) {
           const float g = as > 0.f ? -w * d : 0.f;
           das[ch] += g;
-          drs[ch] += g;
-          ab_i[ch] += g;
           ab_i[c + ch] += g * (ys - ms[ch]);
         }
         if (NT) {
           const float g = at_ > 0.f ? w * d : 0.f;
           dat[ch] += g;
-          drt[ch] += g;
-          ab_i[2 * c + ch] += g;
           ab_i[3 * c + ch] += g * (yt - mt[ch]);
         }
       }
@@ -264,27 +264,261 @@ inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const 
     float acc_i = 0.f;
     for (int64_t ch = 0; ch < c; ++ch) acc_i += lacc[ch];
     total += static_cast<double>(w) * acc_i;
-    if (NS || NT)
-      for (int64_t x = 0; x < 4 * c; ++x) o.ab[x] += ab_i[x];
+    if (NS) {
+      float* dq = o.da_q_s + i * c;
+      float* yq = o.yc_q_s + i * c;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        dq[ch] = das[ch];
+        yq[ch] = ycs[ch];
+        o.ab[ch] += das[ch];
+        o.ab[c + ch] += ab_i[c + ch];
+      }
+    }
+    if (NT) {
+      float* dq = o.da_q_t + i * c;
+      float* yq = o.yc_q_t + i * c;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        dq[ch] = dat[ch];
+        yq[ch] = yct[ch];
+        o.ab[2 * c + ch] += dat[ch];
+        o.ab[3 * c + ch] += ab_i[3 * c + ch];
+      }
+    }
   }
   return total;
 }
 
+// The row pass over neighbour rows [j0, j1): per row, over its edges in CSR order, da_r[j] = sum da(e) (valid
+// edges) and yc_r[j] = sum (y(e) - mean) (every edge), each side that learns; the edge values are recomputed from
+// the rows and the gathered centres, so nothing is scattered. Writes only rows [j0, j1) of da_r, yc_r; the sums
+// build up in the scratch (4 C floats), as in the query pass.
+template <bool NS, bool NT>
+inline __attribute__((always_inline)) void rows_impl(const SweepIn& a, const int64_t* ptr, const int64_t* edges,
+                                                      int64_t j0, int64_t j1, float* da_r_s, float* yc_r_s,
+                                                      float* da_r_t, float* yc_r_t, float* __restrict scratch) {
+  const int64_t k = a.k, c = a.c;
+  const float *scs = a.scale_s, *shs = a.shift_s, *ms = a.mean_s;
+  const float *sct = a.scale_t, *sht = a.shift_t, *mt = a.mean_t;
+  float* __restrict drs = scratch;
+  float* __restrict yrs = scratch + c;
+  float* __restrict drt = scratch + 2 * c;
+  float* __restrict yrt = scratch + 3 * c;
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* rs = a.rs + j * c;
+    const float* rt = a.rt + j * c;
+    for (int64_t x = 0; x < 4 * c; ++x) scratch[x] = 0.f;
+    for (int64_t p = ptr[j]; p < ptr[j + 1]; ++p) {
+      const int64_t e = edges[p];
+      const int64_t i = e / k;
+      const float* cs = a.cs + i * c;
+      const float* ct = a.ct + i * c;
+      if (NS) {
+#pragma GCC ivdep
+        for (int64_t ch = 0; ch < c; ++ch) yrs[ch] += rs[ch] + cs[ch] - ms[ch];
+      }
+      if (NT) {
+#pragma GCC ivdep
+        for (int64_t ch = 0; ch < c; ++ch) yrt[ch] += rt[ch] + ct[ch] - mt[ch];
+      }
+      if (!a.valid[e]) continue;
+      const float w = a.phi[i];
+#pragma GCC ivdep
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
+        const float as = ys * scs[ch] + shs[ch], at_ = yt * sct[ch] + sht[ch];
+        const float zs = as > 0.f ? as : 0.f, zt = at_ > 0.f ? at_ : 0.f;
+        const float d = zt - zs;
+        if (NS) drs[ch] += as > 0.f ? -w * d : 0.f;
+        if (NT) drt[ch] += at_ > 0.f ? w * d : 0.f;
+      }
+    }
+    for (int64_t ch = 0; ch < c; ++ch) {
+      if (NS) {
+        da_r_s[j * c + ch] = drs[ch];
+        yc_r_s[j * c + ch] = yrs[ch];
+      }
+      if (NT) {
+        da_r_t[j * c + ch] = drt[ch];
+        yc_r_t[j * c + ch] = yrt[ch];
+      }
+    }
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define PCDET_PD_X86_AVX2 1
+inline bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2");
+  return ok;
+}
+
+// The query pass of sweep_impl in AVX2 for C a multiple of 8 (8 channels a step, the same sums per channel in the
+// same edge order; multiply and add stay separate). GCC left sweep_impl's edge loop scalar in the clones once it
+// held more than one accumulator per channel (about 4x slower). Scratch: 7 C floats.
+template <bool NS, bool NT>
+__attribute__((target("avx2"))) double sweep_avx2(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1,
+                                                  float* scratch) {
+  const int64_t k = a.k, c = a.c;
+  float* lacc = scratch;
+  float* yab_s = scratch + c;       // sum da_s * (y_s - mean_s)
+  float* yab_t = scratch + 2 * c;
+  float* das = scratch + 3 * c;
+  float* dat = scratch + 4 * c;
+  float* ycs = scratch + 5 * c;
+  float* yct = scratch + 6 * c;
+  const __m256 zero = _mm256_setzero_ps();
+  double total = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float w = a.phi[i];
+    const __m256 vw = _mm256_set1_ps(w), vnw = _mm256_set1_ps(-w);
+    const float* cs = a.cs + i * c;
+    const float* ct = a.ct + i * c;
+    for (int64_t x = 0; x < 7 * c; ++x) scratch[x] = 0.f;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const int64_t j = a.idx[i * k + kk];
+      const float* rs = a.rs + j * c;
+      const float* rt = a.rt + j * c;
+      const bool valid = a.valid[i * k + kk];
+      for (int64_t ch = 0; ch < c; ch += 8) {
+        const __m256 ys = _mm256_add_ps(_mm256_loadu_ps(rs + ch), _mm256_loadu_ps(cs + ch));
+        const __m256 yt = _mm256_add_ps(_mm256_loadu_ps(rt + ch), _mm256_loadu_ps(ct + ch));
+        const __m256 ms = _mm256_loadu_ps(a.mean_s + ch), mt = _mm256_loadu_ps(a.mean_t + ch);
+        if (NS) _mm256_storeu_ps(ycs + ch, _mm256_add_ps(_mm256_loadu_ps(ycs + ch), _mm256_sub_ps(ys, ms)));
+        if (NT) _mm256_storeu_ps(yct + ch, _mm256_add_ps(_mm256_loadu_ps(yct + ch), _mm256_sub_ps(yt, mt)));
+        if (!valid) continue;
+        const __m256 as = _mm256_add_ps(_mm256_mul_ps(ys, _mm256_loadu_ps(a.scale_s + ch)),
+                                        _mm256_loadu_ps(a.shift_s + ch));
+        const __m256 at_ = _mm256_add_ps(_mm256_mul_ps(yt, _mm256_loadu_ps(a.scale_t + ch)),
+                                         _mm256_loadu_ps(a.shift_t + ch));
+        // relu as (a > 0 ? a : 0): max returns its second operand (0) for a NaN, as the select does
+        const __m256 d = _mm256_sub_ps(_mm256_max_ps(at_, zero), _mm256_max_ps(as, zero));
+        _mm256_storeu_ps(lacc + ch, _mm256_add_ps(_mm256_loadu_ps(lacc + ch), _mm256_mul_ps(d, d)));
+        if (NS) {
+          const __m256 g = _mm256_and_ps(_mm256_cmp_ps(as, zero, _CMP_GT_OQ), _mm256_mul_ps(vnw, d));
+          _mm256_storeu_ps(das + ch, _mm256_add_ps(_mm256_loadu_ps(das + ch), g));
+          _mm256_storeu_ps(yab_s + ch,
+                           _mm256_add_ps(_mm256_loadu_ps(yab_s + ch), _mm256_mul_ps(g, _mm256_sub_ps(ys, ms))));
+        }
+        if (NT) {
+          const __m256 g = _mm256_and_ps(_mm256_cmp_ps(at_, zero, _CMP_GT_OQ), _mm256_mul_ps(vw, d));
+          _mm256_storeu_ps(dat + ch, _mm256_add_ps(_mm256_loadu_ps(dat + ch), g));
+          _mm256_storeu_ps(yab_t + ch,
+                           _mm256_add_ps(_mm256_loadu_ps(yab_t + ch), _mm256_mul_ps(g, _mm256_sub_ps(yt, mt))));
+        }
+      }
+    }
+    float acc_i = 0.f;
+    for (int64_t ch = 0; ch < c; ++ch) acc_i += lacc[ch];
+    total += static_cast<double>(w) * acc_i;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      if (NS) {
+        o.da_q_s[i * c + ch] = das[ch];
+        o.yc_q_s[i * c + ch] = ycs[ch];
+        o.ab[ch] += das[ch];
+        o.ab[c + ch] += yab_s[ch];
+      }
+      if (NT) {
+        o.da_q_t[i * c + ch] = dat[ch];
+        o.yc_q_t[i * c + ch] = yct[ch];
+        o.ab[2 * c + ch] += dat[ch];
+        o.ab[3 * c + ch] += yab_t[ch];
+      }
+    }
+  }
+  return total;
+}
+
+// The row pass of rows_impl in AVX2 for C a multiple of 8 (same sums per channel in the same edge order).
+template <bool NS, bool NT>
+__attribute__((target("avx2"))) void rows_avx2(const SweepIn& a, const int64_t* ptr, const int64_t* edges,
+                                               int64_t j0, int64_t j1, float* da_r_s, float* yc_r_s,
+                                               float* da_r_t, float* yc_r_t, float* scratch) {
+  const int64_t k = a.k, c = a.c;
+  float* drs = scratch;
+  float* yrs = scratch + c;
+  float* drt = scratch + 2 * c;
+  float* yrt = scratch + 3 * c;
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* rs = a.rs + j * c;
+    const float* rt = a.rt + j * c;
+    for (int64_t x = 0; x < 4 * c; ++x) scratch[x] = 0.f;
+    for (int64_t p = ptr[j]; p < ptr[j + 1]; ++p) {
+      const int64_t e = edges[p];
+      const int64_t i = e / k;
+      const float* cs = a.cs + i * c;
+      const float* ct = a.ct + i * c;
+      const bool valid = a.valid[e];
+      const __m256 vw = _mm256_set1_ps(a.phi[i]), vnw = _mm256_set1_ps(-a.phi[i]);
+      for (int64_t ch = 0; ch < c; ch += 8) {
+        const __m256 ys = _mm256_add_ps(_mm256_loadu_ps(rs + ch), _mm256_loadu_ps(cs + ch));
+        const __m256 yt = _mm256_add_ps(_mm256_loadu_ps(rt + ch), _mm256_loadu_ps(ct + ch));
+        if (NS)
+          _mm256_storeu_ps(yrs + ch, _mm256_add_ps(_mm256_loadu_ps(yrs + ch),
+                                                   _mm256_sub_ps(ys, _mm256_loadu_ps(a.mean_s + ch))));
+        if (NT)
+          _mm256_storeu_ps(yrt + ch, _mm256_add_ps(_mm256_loadu_ps(yrt + ch),
+                                                   _mm256_sub_ps(yt, _mm256_loadu_ps(a.mean_t + ch))));
+        if (!valid) continue;
+        const __m256 as = _mm256_add_ps(_mm256_mul_ps(ys, _mm256_loadu_ps(a.scale_s + ch)),
+                                        _mm256_loadu_ps(a.shift_s + ch));
+        const __m256 at_ = _mm256_add_ps(_mm256_mul_ps(yt, _mm256_loadu_ps(a.scale_t + ch)),
+                                         _mm256_loadu_ps(a.shift_t + ch));
+        const __m256 d = _mm256_sub_ps(_mm256_max_ps(at_, zero), _mm256_max_ps(as, zero));
+        if (NS)
+          _mm256_storeu_ps(drs + ch, _mm256_add_ps(_mm256_loadu_ps(drs + ch),
+                                                   _mm256_and_ps(_mm256_cmp_ps(as, zero, _CMP_GT_OQ),
+                                                                 _mm256_mul_ps(vnw, d))));
+        if (NT)
+          _mm256_storeu_ps(drt + ch, _mm256_add_ps(_mm256_loadu_ps(drt + ch),
+                                                   _mm256_and_ps(_mm256_cmp_ps(at_, zero, _CMP_GT_OQ),
+                                                                 _mm256_mul_ps(vw, d))));
+      }
+    }
+    for (int64_t ch = 0; ch < c; ++ch) {
+      if (NS) {
+        da_r_s[j * c + ch] = drs[ch];
+        yc_r_s[j * c + ch] = yrs[ch];
+      }
+      if (NT) {
+        da_r_t[j * c + ch] = drt[ch];
+        yc_r_t[j * c + ch] = yrt[ch];
+      }
+    }
+  }
+}
+#endif
+
 PCDET_PD_CLONES
-double sweep_none(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
-  return sweep_impl<false, false>(a, o, i0, i1, lacc, ab_i);
+double sweep_none(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
+  return sweep_impl<false, false>(a, o, i0, i1, scratch);
 }
 PCDET_PD_CLONES
-double sweep_student(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
-  return sweep_impl<true, false>(a, o, i0, i1, lacc, ab_i);
+double sweep_student(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
+  return sweep_impl<true, false>(a, o, i0, i1, scratch);
 }
 PCDET_PD_CLONES
-double sweep_teacher(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
-  return sweep_impl<false, true>(a, o, i0, i1, lacc, ab_i);
+double sweep_teacher(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
+  return sweep_impl<false, true>(a, o, i0, i1, scratch);
 }
 PCDET_PD_CLONES
-double sweep_both(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* lacc, float* ab_i) {
-  return sweep_impl<true, true>(a, o, i0, i1, lacc, ab_i);
+double sweep_both(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
+  return sweep_impl<true, true>(a, o, i0, i1, scratch);
+}
+PCDET_PD_CLONES
+void rows_student(const SweepIn& a, const int64_t* ptr, const int64_t* edges, int64_t j0, int64_t j1, float* drs,
+                  float* yrs, float* drt, float* yrt, float* scratch) {
+  rows_impl<true, false>(a, ptr, edges, j0, j1, drs, yrs, drt, yrt, scratch);
+}
+PCDET_PD_CLONES
+void rows_teacher(const SweepIn& a, const int64_t* ptr, const int64_t* edges, int64_t j0, int64_t j1, float* drs,
+                  float* yrs, float* drt, float* yrt, float* scratch) {
+  rows_impl<false, true>(a, ptr, edges, j0, j1, drs, yrs, drt, yrt, scratch);
+}
+PCDET_PD_CLONES
+void rows_both(const SweepIn& a, const int64_t* ptr, const int64_t* edges, int64_t j0, int64_t j1, float* drs,
+               float* yrs, float* drt, float* yrt, float* scratch) {
+  rows_impl<true, true>(a, ptr, edges, j0, j1, drs, yrs, drt, yrt, scratch);
 }
 #ifdef PCDET_PD_SWEEP_OPTIONS
 #pragma GCC pop_options
@@ -294,27 +528,24 @@ double sweep_both(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, f
 // empty tensors for a side without gradient.
 constexpr size_t kCachePerSide = 5;
 
-// The loss sweep (query-major) over fixed chunks of queries, which also gathers everything the backward needs for
-// each side that learns. With the unit upstream gradient g = phi_i * (z_s - z_t) on a valid edge (dL/dz_s up to
-// the scalar coef = grad * 2 * lam / denom) and da = g where a > 0 (the teacher's da = -g where a_t > 0):
+// The loss sweep, which also gathers everything the backward needs for each side that learns. With the unit
+// upstream gradient g = phi_i * (z_s - z_t) on a valid edge (dL/dz_s up to the scalar coef = grad * 2 * lam /
+// denom) and da = g where a > 0 (the teacher's da = -g where a_t > 0):
 //   per query i: da_q[i] = sum_k da(i, k), yc_q[i] = sum_k (y(i, k) - mean) (every edge: the statistics include
 //   invalid ones); per neighbour row j, over the edges e = (i, k) with idx[i, k] = j: da_r[j] = sum_e da(e) and
 //   yc_r[j] = sum_e (y(e) - mean) (every edge); ab = {sum_e da, sum_e da * (y - mean)} (2, C).
-// The row sums are scattered into one (M, C) accumulator per chunk, added in chunk order afterwards: the chunks
-// depend on (Q, K, M) alone (num_chunks), so the sums do not depend on the thread count, and the backward needs no
-// edge sweep.
+// Two passes, each writing only its own rows: the query pass (fixed blocks of kBlock queries; the loss and ab
+// partial sums added in block order) and, when a side learns, the row pass over the CSR transpose of idx (each
+// row's edges in a fixed order). So the sums do not depend on the thread count, nothing is scattered into shared
+// accumulators, and the backward needs no edge sweep.
 // Returns the unscaled loss sum sum_valid phi_i sum_c (z_t - z_s)^2.
 double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const Norm& nt, const int64_t* ip,
                   const bool* vp, const float* pp, int64_t q, int64_t k, int64_t c, int64_t m, bool need_s,
                   bool need_t, std::vector<at::Tensor>* cache) {
-  const int64_t nch = num_chunks(q, k, m);
-  const int64_t per = (q + nch - 1) / nch;
+  const int64_t nb = (q + kBlock - 1) / kBlock;
   const auto f = at::TensorOptions().dtype(at::kFloat);
   const auto d = f.dtype(at::kDouble);
-  // per side and chunk: da_r, yc_r accumulators (nch, 2, M, C)
-  at::Tensor acc_s = need_s ? at::zeros({nch, 2, m, c}, f) : at::empty({0}, f);
-  at::Tensor acc_t = need_t ? at::zeros({nch, 2, m, c}, f) : at::empty({0}, f);
-  at::Tensor ab = at::zeros({nch, 4, c}, d);
+  at::Tensor ab = at::zeros({std::max<int64_t>(nb, 1), 4, c}, d);
   std::vector<at::Tensor> cs_q, ct_q;
   for (int side = 0; side < 2; ++side) {
     const bool need = side == 0 ? need_s : need_t;
@@ -324,24 +555,59 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
   }
   const SweepIn in{s.rows, s.centre, t.rows, t.centre, ns.scale.data(), ns.shift.data(), ns.mean.data(),
                    nt.scale.data(), nt.shift.data(), nt.mean.data(), ip, vp, pp, q, k, c};
-  std::vector<double> part(static_cast<size_t>(nch), 0.0);
+  std::vector<double> part(static_cast<size_t>(nb), 0.0);
   const auto fn = need_s ? (need_t ? sweep_both : sweep_student) : (need_t ? sweep_teacher : sweep_none);
-  at::parallel_for(0, nch, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> lacc(c), ab_i(4 * c);
+#ifdef PCDET_PD_X86_AVX2
+  const auto fn_avx2 = need_s ? (need_t ? sweep_avx2<true, true> : sweep_avx2<true, false>)
+                              : (need_t ? sweep_avx2<false, true> : sweep_avx2<false, false>);
+  const bool use_avx2 = c % 8 == 0 && cpu_has_avx2();
+#endif
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> scratch(static_cast<size_t>(9 * c));
     for (int64_t b = b0; b < b1; ++b) {
-      float* as_ = need_s ? acc_s.data_ptr<float>() + b * 2 * m * c : nullptr;
-      float* at_ = need_t ? acc_t.data_ptr<float>() + b * 2 * m * c : nullptr;
       const SweepOut o{need_s ? cs_q[0].data_ptr<float>() : nullptr, need_s ? cs_q[1].data_ptr<float>() : nullptr,
-                       as_, need_s ? as_ + m * c : nullptr,
                        need_t ? ct_q[0].data_ptr<float>() : nullptr, need_t ? ct_q[1].data_ptr<float>() : nullptr,
-                       at_, need_t ? at_ + m * c : nullptr, ab.data_ptr<double>() + b * 4 * c};
-      const int64_t i0 = std::min(q, b * per), i1 = std::min(q, (b + 1) * per);
-      part[b] = fn(in, o, i0, i1, lacc.data(), ab_i.data());
+                       ab.data_ptr<double>() + b * 4 * c};
+      const int64_t i0 = b * kBlock, i1 = std::min(q, (b + 1) * kBlock);
+#ifdef PCDET_PD_X86_AVX2
+      if (use_avx2) {
+        part[b] = fn_avx2(in, o, i0, i1, scratch.data());
+        continue;
+      }
+#endif
+      part[b] = fn(in, o, i0, i1, scratch.data());
     }
   });
   double total = 0.0;
-  for (int64_t b = 0; b < nch; ++b) total += part[b];
+  for (int64_t b = 0; b < nb; ++b) total += part[b];
   if (cache == nullptr) return total;
+  // the row pass: both sides' row sums at once
+  at::Tensor da_r_s = need_s ? at::empty({m, c}, f) : at::empty({0}, f);
+  at::Tensor yc_r_s = need_s ? at::empty({m, c}, f) : at::empty({0}, f);
+  at::Tensor da_r_t = need_t ? at::empty({m, c}, f) : at::empty({0}, f);
+  at::Tensor yc_r_t = need_t ? at::empty({m, c}, f) : at::empty({0}, f);
+  if (need_s || need_t) {
+    const RowEdges re = row_edges(ip, q * k, m);
+    const auto rows_fn = need_s ? (need_t ? rows_both : rows_student) : rows_teacher;
+#ifdef PCDET_PD_X86_AVX2
+    const auto rows_fn_avx2 = need_s ? (need_t ? rows_avx2<true, true> : rows_avx2<true, false>)
+                                     : rows_avx2<false, true>;
+#endif
+    float* drs = need_s ? da_r_s.data_ptr<float>() : nullptr;
+    float* yrs = need_s ? yc_r_s.data_ptr<float>() : nullptr;
+    float* drt = need_t ? da_r_t.data_ptr<float>() : nullptr;
+    float* yrt = need_t ? yc_r_t.data_ptr<float>() : nullptr;
+    at::parallel_for(0, m, 64, [&](int64_t j0, int64_t j1) {
+      std::vector<float> scratch(static_cast<size_t>(4 * c));
+#ifdef PCDET_PD_X86_AVX2
+      if (use_avx2) {
+        rows_fn_avx2(in, re.ptr.data(), re.edges.data(), j0, j1, drs, yrs, drt, yrt, scratch.data());
+        return;
+      }
+#endif
+      rows_fn(in, re.ptr.data(), re.edges.data(), j0, j1, drs, yrs, drt, yrt, scratch.data());
+    });
+  }
   const double* abp = ab.data_ptr<double>();
   for (int side = 0; side < 2; ++side) {
     const bool need = side == 0 ? need_s : need_t;
@@ -352,25 +618,10 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
     }
     at::Tensor ab_side = at::zeros({2, c}, d);
     double* abs_ = ab_side.data_ptr<double>();
-    for (int64_t b = 0; b < nch; ++b)
+    for (int64_t b = 0; b < nb; ++b)
       for (int64_t x = 0; x < 2 * c; ++x) abs_[x] += abp[b * 4 * c + 2 * c * side + x];
-    at::Tensor da_r = at::empty({m, c}, f), yc_r = at::empty({m, c}, f);
-    const float* acc = (side == 0 ? acc_s : acc_t).data_ptr<float>();
-    float* dr = da_r.data_ptr<float>();
-    float* yr = yc_r.data_ptr<float>();
-    // chunk 0, then chunks 1.. added in order over contiguous ranges of rows
-    at::parallel_for(0, m, 512, [&](int64_t j0, int64_t j1) {
-      const int64_t x0 = j0 * c, x1 = j1 * c;
-      std::copy(acc + x0, acc + x1, dr + x0);
-      std::copy(acc + m * c + x0, acc + m * c + x1, yr + x0);
-      for (int64_t b = 1; b < nch; ++b) {
-        const float* ad = acc + b * 2 * m * c;
-        const float* ay = ad + m * c;
-        for (int64_t x = x0; x < x1; ++x) dr[x] += ad[x];
-        for (int64_t x = x0; x < x1; ++x) yr[x] += ay[x];
-      }
-    });
-    cache->insert(cache->end(), {q_sums[0], q_sums[1], ab_side, da_r, yc_r});
+    cache->insert(cache->end(), {q_sums[0], q_sums[1], ab_side, side == 0 ? da_r_s : da_r_t,
+                                 side == 0 ? yc_r_s : yc_r_t});
   }
   return total;
 }
