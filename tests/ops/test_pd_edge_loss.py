@@ -175,3 +175,36 @@ def test_cached_backward_equals_the_recomputing_backward(need, c):
         ext.backward(grad, f32[:4], f32[4:], idx.clamp(max=0) + 80, valid, phi, stats, 2.0, 1e-5, True, False)
     with pytest.raises(RuntimeError, match="stats must hold"):
         ext.backward(grad, f32[:4], f32[4:], idx, valid, phi, stats[:2], 2.0, 1e-5, True, False)
+
+
+@requires_ext
+@pytest.mark.parametrize("need", [(True, False), (True, True), (False, False)])
+def test_avx2_passes_equal_the_portable_loops_on_one_input(need):
+    # C' 16 takes the AVX2 query and row passes where the CPU has them; the test hook forbids them, so the portable
+    # loops run on the same input: same loss, statistics and backward sums to float rounding (the portable clones
+    # may contract a multiply-add into an FMA), tie-heavy and padded edges included
+    ext = _loader.load_extension(EXT_NAME)
+    if not hasattr(ext, "set_avx2"):
+        pytest.skip(f"{EXT_NAME} predates set_avx2: rebuild (pip install --no-build-isolation -e .)")
+    if not ext.set_avx2(True):
+        pytest.skip("no AVX2 path on this CPU / build: only the portable loops exist")
+    need_s, need_t = need
+    for seed, ties in ((12, False), (13, True)):
+        side_s, side_t, idx, valid, phi = _case(m=120, q=70, k=11, c=16, seed=seed, ties=ties, padded=True)
+        f32 = [t.detach().float().contiguous() for t in (*side_s, *side_t)]
+        outs = []
+        try:
+            for allow in (True, False):
+                ext.set_avx2(allow)
+                outs.append(ext.forward_train(f32[:4], f32[4:], idx, valid, phi, 2.0, 1e-5, need_s, need_t))
+        finally:
+            ext.set_avx2(True)
+        fast, portable = outs
+        assert len(fast) == len(portable) == 12
+        assert fast[0].item() > 0
+        for x, (a, b) in enumerate(zip(fast, portable)):
+            assert a.shape == b.shape, x
+            if a.numel():
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"output {x}: {m}")
+        if need_s:
+            assert fast[2].abs().sum() > 0 and fast[5].abs().sum() > 0     # da_q and da_r of the student

@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -209,20 +210,21 @@ RowEdges row_edges(const int64_t* idx, int64_t n_edges, int64_t m) {
 
 // The query pass over queries [i0, i1): the loss sum, and for each side that learns its per-query sums (da_q,
 // yc_q) and the block's ab. Writes only rows [i0, i1) of the outputs. The per-query sums build up in the scratch
-// (9 C floats: loss, ab (4 C), da and yc of each side) and are copied out once per query: with the outputs written
-// inside the edge loop GCC kept that loop scalar (about 4x slower).
+// (9 C floats: loss, ab (4 C, of which the da * (y - mean) halves are used), da and yc of each side) and are copied
+// out once per query. Its edge loop stayed scalar under GCC once it held several accumulators per channel: for C a
+// multiple of 8, sweep_avx2 runs instead where the CPU has AVX2.
 template <bool NS, bool NT>
 inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const SweepOut& o, int64_t i0,
-                                                         int64_t i1, float* __restrict scratch) {
+                                                         int64_t i1, float* scratch) {
   const int64_t k = a.k, c = a.c;
   const float *scs = a.scale_s, *shs = a.shift_s, *ms = a.mean_s;
   const float *sct = a.scale_t, *sht = a.shift_t, *mt = a.mean_t;
-  float* __restrict lacc = scratch;
-  float* __restrict ab_i = scratch + c;
-  float* __restrict das = scratch + 5 * c;
-  float* __restrict dat = scratch + 6 * c;
-  float* __restrict ycs = scratch + 7 * c;
-  float* __restrict yct = scratch + 8 * c;
+  float* lacc = scratch;
+  float* ab_i = scratch + c;
+  float* das = scratch + 5 * c;
+  float* dat = scratch + 6 * c;
+  float* ycs = scratch + 7 * c;
+  float* yct = scratch + 8 * c;
   double total = 0.0;
   for (int64_t i = i0; i < i1; ++i) {
     const float w = a.phi[i];
@@ -295,14 +297,14 @@ inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const 
 template <bool NS, bool NT>
 inline __attribute__((always_inline)) void rows_impl(const SweepIn& a, const int64_t* ptr, const int64_t* edges,
                                                       int64_t j0, int64_t j1, float* da_r_s, float* yc_r_s,
-                                                      float* da_r_t, float* yc_r_t, float* __restrict scratch) {
+                                                      float* da_r_t, float* yc_r_t, float* scratch) {
   const int64_t k = a.k, c = a.c;
   const float *scs = a.scale_s, *shs = a.shift_s, *ms = a.mean_s;
   const float *sct = a.scale_t, *sht = a.shift_t, *mt = a.mean_t;
-  float* __restrict drs = scratch;
-  float* __restrict yrs = scratch + c;
-  float* __restrict drt = scratch + 2 * c;
-  float* __restrict yrt = scratch + 3 * c;
+  float* drs = scratch;
+  float* yrs = scratch + c;
+  float* drt = scratch + 2 * c;
+  float* yrt = scratch + 3 * c;
   for (int64_t j = j0; j < j1; ++j) {
     const float* rs = a.rs + j * c;
     const float* rt = a.rt + j * c;
@@ -351,6 +353,12 @@ inline bool cpu_has_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2");
   return ok;
 }
+#endif
+
+// Test hook (set_avx2): false keeps the sweeps on the portable loops, so tests can compare both paths on one input.
+std::atomic<bool> g_allow_avx2{true};
+
+#ifdef PCDET_PD_X86_AVX2
 
 // The query pass of sweep_impl in AVX2 for C a multiple of 8 (8 channels a step, the same sums per channel in the
 // same edge order; multiply and add stay separate). GCC left sweep_impl's edge loop scalar in the clones once it
@@ -560,7 +568,7 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
 #ifdef PCDET_PD_X86_AVX2
   const auto fn_avx2 = need_s ? (need_t ? sweep_avx2<true, true> : sweep_avx2<true, false>)
                               : (need_t ? sweep_avx2<false, true> : sweep_avx2<false, false>);
-  const bool use_avx2 = c % 8 == 0 && cpu_has_avx2();
+  const bool use_avx2 = c % 8 == 0 && g_allow_avx2.load() && cpu_has_avx2();
 #endif
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> scratch(static_cast<size_t>(9 * c));
@@ -806,7 +814,7 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
     return pd_edge_loss_backward_cuda(grad_loss, side_s, side_t, idx, valid, phi, stats, lam, eps, need_s, need_t);
 #endif
   TORCH_CHECK(!idx.is_cuda(), "pd_edge_loss: built without CUDA kernels");
-  check_forward_args(side_s, side_t, idx, valid, phi);   // before the sweep, which scatters into rows of idx
+  check_forward_args(side_s, side_t, idx, valid, phi);   // before the sweeps, which index rows by idx
   if (!need_s && !need_t) return std::vector<at::Tensor>(8);
   const int64_t q = idx.size(0), k = idx.size(1);
   const int64_t c = side_s[1].size(1);
@@ -820,6 +828,16 @@ std::vector<at::Tensor> pd_edge_loss_backward(const at::Tensor& grad_loss, const
              side_s[0].size(0), need_s, need_t, &cache);
   return pd_edge_loss_backward_cached(grad_loss, side_s, side_t, idx, valid, phi, stats, lam, eps, need_s, need_t,
                                       cache);
+}
+
+// Test hook: allow (true) or forbid the AVX2 passes; returns whether they run for C' a multiple of 8 from now on.
+bool set_avx2(bool allow) {
+  g_allow_avx2.store(allow);
+#ifdef PCDET_PD_X86_AVX2
+  return allow && cpu_has_avx2();
+#else
+  return false;
+#endif
 }
 
 bool with_cuda() {
@@ -845,4 +863,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("phi"), py::arg("stats"), py::arg("lam"), py::arg("eps"), py::arg("need_s"), py::arg("need_t"),
         py::arg("cache"));
   m.def("with_cuda", &with_cuda, "True when built with the CUDA kernels");
+  m.def("set_avx2", &set_avx2, "test hook: allow or forbid the AVX2 sweeps; returns whether they run now",
+        py::arg("allow"));
 }
