@@ -241,6 +241,27 @@ def test_final_report_gives_distillation_over_init_paired_by_seed(tmp_path):
     assert "standard deviation 0.10 against 3.00" in text
 
 
+def test_final_report_pairs_each_method_against_fitnet_and_logit_kd_on_their_shared_seeds(tmp_path):
+    bench = _bench(tmp_path, "cpu", families=["pointpillar"])
+    values = {"teacher": 30.0, "none": 10.0, "fitnet": 11.0, "logit_kd": 12.0, "pd_inherit": 14.0}
+    shift = {(m, s): 2.0 * s for m in values for s in (0, 1, 2)}     # shared per-seed noise cancels in the pairs
+    shift[("pd_inherit", 1)] += 1.0                                   # pd_inherit - fitnet: 3, 4, 3
+    _fake_results(bench, values, seeds_shift=shift, seeds=(0, 1, 2))
+    records = [r for r in rep.collect(bench, "val") if not (r["method"] == "logit_kd" and r["seed"] == 2)]
+    _, rows = rep.gain_rows(records, "pointpillar")
+    against = {(o["method"], o["against"]): o for o in rep.over_baseline_rows(rows)}
+    # neither the student alone nor one baseline against the other is paired
+    assert set(against) == {("pd_inherit", "fitnet"), ("pd_inherit", "logit_kd")}
+    fit = against[("pd_inherit", "fitnet")]
+    assert fit["gains"] == [(0, pytest.approx(3.0)), (1, pytest.approx(4.0)), (2, pytest.approx(3.0))]
+    assert fit["gain"] == pytest.approx(t_interval([3.0, 4.0, 3.0]))
+    logit = against[("pd_inherit", "logit_kd")]     # logit KD has no seed 2: two pairs
+    assert logit["gains"] == [(0, pytest.approx(2.0)), (1, pytest.approx(3.0))]
+    text = rep.final_markdown(bench, records, [])
+    line = next(l for l in text.splitlines() if l.startswith("| 0.25 | PointDistiller + teacher-guided init | Logit KD"))
+    assert line.split(" | ")[3:5] == ["2", fmt_interval(*t_interval([2.0, 3.0]))] and "s1: +3.00" in line
+
+
 def test_final_report_states_the_training_time_of_the_runs_shown_and_of_the_plan(tmp_path):
     bench = _bench(tmp_path, "cpu", families=["pointpillar"])
     planned = [r for r in bench.runs if r.family == "pointpillar" and r.method != "teacher"]

@@ -132,21 +132,37 @@ def gain_rows(records, family):
     return teacher, rows
 
 
-def over_init_rows(rows):
-    """For each method that adds distillation to teacher-guided init (``<x>_inherit``): its paired gain over the
-    init alone (method - 'inherit' of the same seed and width) with the t-interval, from ``gain_rows``' rows."""
+def paired_rows(rows, base_method, keep):
+    """For each row of ``gain_rows`` whose method passes ``keep`` (and is not ``base_method``): its paired
+    difference to ``base_method`` (method - base of the same seed and width, over the seeds both have) with the
+    t-interval. Rows without a shared seed are left out."""
     out = []
     for row in rows:
-        if not row["method"].endswith("_inherit"):
+        if row["method"] == base_method or not keep(row["method"]):
             continue
-        base = next((r for r in rows if r["method"] == "inherit" and r["width"] == row["width"]), None)
+        base = next((r for r in rows if r["method"] == base_method and r["width"] == row["width"]), None)
         if base is None:
             continue
         gains = paired_gains(row["per_seed"], base["per_seed"])
         if gains:
-            out.append(dict(width=row["width"], method=row["method"], gains=gains,
+            out.append(dict(width=row["width"], method=row["method"], against=base_method, gains=gains,
                             gain=t_interval([g for _, g in gains])))
     return out
+
+
+def over_init_rows(rows):
+    """For each method that adds distillation to teacher-guided init (``<x>_inherit``): its paired gain over the
+    init alone (method - 'inherit' of the same seed and width) with the t-interval, from ``gain_rows``' rows."""
+    return paired_rows(rows, "inherit", lambda m: m.endswith("_inherit"))
+
+
+BASELINES = ("fitnet", "logit_kd")
+
+
+def over_baseline_rows(rows):
+    """Every method other than the student alone and the baselines, paired by seed against each baseline (FitNet,
+    logit KD) that shares seeds with it: the issue's 'at or above FitNet and logit KD', seed by seed."""
+    return [o for b in BASELINES for o in paired_rows(rows, b, lambda m: m not in ("none",) + BASELINES)]
 
 
 def _num(v, digits=2):
@@ -248,6 +264,15 @@ def final_markdown(bench, records, teachers, wall_note=""):
             for o in over:
                 lines.append(f"| {o['width']} | {METHOD_LABELS[o['method']]} | {len(o['gains'])} | "
                              f"{fmt_interval(*o['gain'])} | "
+                             + " ".join(f"s{s}: {g:+.2f}" for s, g in o["gains"]) + " |")
+        against = over_baseline_rows(rows)
+        if against:
+            lines += ["", "Against the baselines, paired by seed (method - baseline of the same seed, over the seeds "
+                      "both have):", "", "| student width | method | against | seeds | paired difference [95% CI] | "
+                      "per-seed differences |", "|---|---|---|---|---|---|"]
+            for o in against:
+                lines.append(f"| {o['width']} | {METHOD_LABELS[o['method']]} | {METHOD_LABELS[o['against']]} | "
+                             f"{len(o['gains'])} | {fmt_interval(*o['gain'])} | "
                              + " ".join(f"s{s}: {g:+.2f}" for s, g in o["gains"]) + " |")
         curve = next((r["curve"] for r in records if r["family"] == family and r["method"] == "none" and r["curve"]),
                      None)
