@@ -182,6 +182,12 @@ struct SweepOut {            // per side: da_q, yc_q (Q, C); ab (4, C) of the bl
   double* ab;                // {sum da_s, sum da_s (y_s - mean_s), sum da_t, sum da_t (y_t - mean_t)}
 };
 
+struct RowOut {              // the CSR transpose of idx (RowEdges) and, per side, da_r, yc_r (M, C)
+  const int64_t *ptr, *edges;
+  float *da_r_s, *yc_r_s;
+  float *da_r_t, *yc_r_t;
+};
+
 // The edges of each neighbour row, in CSR form: row j's edges e = i * K + k (idx[i, k] = j) are
 // edges[ptr[j] .. ptr[j + 1]), in increasing e (a counting sort, so the order is fixed by idx alone).
 struct RowEdges {
@@ -208,144 +214,63 @@ RowEdges row_edges(const int64_t* idx, int64_t n_edges, int64_t m) {
 #pragma GCC optimize("no-trapping-math")
 #endif
 
-// The query pass over queries [i0, i1): the loss sum, and for each side that learns its per-query sums (da_q,
-// yc_q) and the block's ab. Writes only rows [i0, i1) of the outputs. The per-query sums build up in the scratch
-// (9 C floats: loss, ab (4 C, of which the da * (y - mean) halves are used), da and yc of each side) and are copied
-// out once per query. Its edge loop stayed scalar under GCC once it held several accumulators per channel: for C a
-// multiple of 8, sweep_avx2 runs instead where the CPU has AVX2.
-template <bool NS, bool NT>
-inline __attribute__((always_inline)) double sweep_impl(const SweepIn& a, const SweepOut& o, int64_t i0,
-                                                         int64_t i1, float* scratch) {
-  const int64_t k = a.k, c = a.c;
-  const float *scs = a.scale_s, *shs = a.shift_s, *ms = a.mean_s;
-  const float *sct = a.scale_t, *sht = a.shift_t, *mt = a.mean_t;
-  float* lacc = scratch;
-  float* ab_i = scratch + c;
-  float* das = scratch + 5 * c;
-  float* dat = scratch + 6 * c;
-  float* ycs = scratch + 7 * c;
-  float* yct = scratch + 8 * c;
-  double total = 0.0;
-  for (int64_t i = i0; i < i1; ++i) {
-    const float w = a.phi[i];
-    const float* cs = a.cs + i * c;
-    const float* ct = a.ct + i * c;
-    for (int64_t x = 0; x < 9 * c; ++x) scratch[x] = 0.f;  // plain loops: see the pragma above
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const int64_t j = a.idx[i * k + kk];
-      const float* rs = a.rs + j * c;
-      const float* rt = a.rt + j * c;
-      if (NS) {
-#pragma GCC ivdep
-        for (int64_t ch = 0; ch < c; ++ch) ycs[ch] += rs[ch] + cs[ch] - ms[ch];
-      }
-      if (NT) {
-#pragma GCC ivdep
-        for (int64_t ch = 0; ch < c; ++ch) yct[ch] += rt[ch] + ct[ch] - mt[ch];
-      }
-      if (!a.valid[i * k + kk]) continue;
-#pragma GCC ivdep
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
-        const float as = ys * scs[ch] + shs[ch], at_ = yt * sct[ch] + sht[ch];
-        const float zs = as > 0.f ? as : 0.f, zt = at_ > 0.f ? at_ : 0.f;
-        const float d = zt - zs;
-        lacc[ch] += d * d;
-        if (NS) {
-          const float g = as > 0.f ? -w * d : 0.f;
-          das[ch] += g;
-          ab_i[c + ch] += g * (ys - ms[ch]);
-        }
-        if (NT) {
-          const float g = at_ > 0.f ? w * d : 0.f;
-          dat[ch] += g;
-          ab_i[3 * c + ch] += g * (yt - mt[ch]);
-        }
-      }
-    }
-    float acc_i = 0.f;
-    for (int64_t ch = 0; ch < c; ++ch) acc_i += lacc[ch];
-    total += static_cast<double>(w) * acc_i;
-    if (NS) {
-      float* dq = o.da_q_s + i * c;
-      float* yq = o.yc_q_s + i * c;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        dq[ch] = das[ch];
-        yq[ch] = ycs[ch];
-        o.ab[ch] += das[ch];
-        o.ab[c + ch] += ab_i[c + ch];
-      }
-    }
-    if (NT) {
-      float* dq = o.da_q_t + i * c;
-      float* yq = o.yc_q_t + i * c;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        dq[ch] = dat[ch];
-        yq[ch] = yct[ch];
-        o.ab[2 * c + ch] += dat[ch];
-        o.ab[3 * c + ch] += ab_i[3 * c + ch];
-      }
-    }
-  }
-  return total;
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define PCDET_PD_INLINE inline __attribute__((always_inline))
+#else
+#define PCDET_PD_INLINE inline
+#endif
+
+// The per-channel sums of one walk over edges: a query's K edges (query pass) or a neighbour row's edges (row
+// pass). Both passes sum da and y - mean for each side that learns; the query pass also sums the loss and
+// da * (y - mean). Every pointer is a (C) slice of the walk's scratch (kScratch C floats).
+struct EdgeSums {
+  float *da_s, *yc_s, *da_t, *yc_t;
+  float *loss, *yab_s, *yab_t;  // the query pass only
+};
+constexpr int64_t kScratch = 7;
+
+inline EdgeSums sums_in(float* scratch, int64_t c) {
+  return {scratch, scratch + c, scratch + 2 * c, scratch + 3 * c, scratch + 4 * c, scratch + 5 * c, scratch + 6 * c};
 }
 
-// The row pass over neighbour rows [j0, j1): per row, over its edges in CSR order, da_r[j] = sum da(e) (valid
-// edges) and yc_r[j] = sum (y(e) - mean) (every edge), each side that learns; the edge values are recomputed from
-// the rows and the gathered centres, so nothing is scattered. Writes only rows [j0, j1) of da_r, yc_r; the sums
-// build up in the scratch (4 C floats), as in the query pass.
-template <bool NS, bool NT>
-inline __attribute__((always_inline)) void rows_impl(const SweepIn& a, const int64_t* ptr, const int64_t* edges,
-                                                      int64_t j0, int64_t j1, float* da_r_s, float* yc_r_s,
-                                                      float* da_r_t, float* yc_r_t, float* scratch) {
-  const int64_t k = a.k, c = a.c;
-  const float *scs = a.scale_s, *shs = a.shift_s, *ms = a.mean_s;
-  const float *sct = a.scale_t, *sht = a.shift_t, *mt = a.mean_t;
-  float* drs = scratch;
-  float* yrs = scratch + c;
-  float* drt = scratch + 2 * c;
-  float* yrt = scratch + 3 * c;
-  for (int64_t j = j0; j < j1; ++j) {
-    const float* rs = a.rs + j * c;
-    const float* rt = a.rt + j * c;
-    for (int64_t x = 0; x < 4 * c; ++x) scratch[x] = 0.f;
-    for (int64_t p = ptr[j]; p < ptr[j + 1]; ++p) {
-      const int64_t e = edges[p];
-      const int64_t i = e / k;
-      const float* cs = a.cs + i * c;
-      const float* ct = a.ct + i * c;
-      if (NS) {
+// One edge's contribution with the neighbour row (rs, rt) and the query's centres (cs, ct), phi weight w: the
+// portable loops (vectorised by the compiler where it can). Invalid edges add to the y - mean sums only.
+struct PortableEdge {
+  template <bool NS, bool NT, bool QUERY>
+  static PCDET_PD_INLINE void add(const SweepIn& a, const float* rs, const float* rt, const float* cs,
+                                  const float* ct, bool valid, float w, const EdgeSums& u) {
+    const int64_t c = a.c;
+    const float *scs = a.scale_s, *shs = a.shift_s, *ms = a.mean_s;
+    const float *sct = a.scale_t, *sht = a.shift_t, *mt = a.mean_t;
+    if (NS) {
 #pragma GCC ivdep
-        for (int64_t ch = 0; ch < c; ++ch) yrs[ch] += rs[ch] + cs[ch] - ms[ch];
-      }
-      if (NT) {
-#pragma GCC ivdep
-        for (int64_t ch = 0; ch < c; ++ch) yrt[ch] += rt[ch] + ct[ch] - mt[ch];
-      }
-      if (!a.valid[e]) continue;
-      const float w = a.phi[i];
-#pragma GCC ivdep
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
-        const float as = ys * scs[ch] + shs[ch], at_ = yt * sct[ch] + sht[ch];
-        const float zs = as > 0.f ? as : 0.f, zt = at_ > 0.f ? at_ : 0.f;
-        const float d = zt - zs;
-        if (NS) drs[ch] += as > 0.f ? -w * d : 0.f;
-        if (NT) drt[ch] += at_ > 0.f ? w * d : 0.f;
-      }
+      for (int64_t ch = 0; ch < c; ++ch) u.yc_s[ch] += rs[ch] + cs[ch] - ms[ch];
     }
+    if (NT) {
+#pragma GCC ivdep
+      for (int64_t ch = 0; ch < c; ++ch) u.yc_t[ch] += rt[ch] + ct[ch] - mt[ch];
+    }
+    if (!valid) return;
+#pragma GCC ivdep
     for (int64_t ch = 0; ch < c; ++ch) {
+      const float ys = rs[ch] + cs[ch], yt = rt[ch] + ct[ch];
+      const float as = ys * scs[ch] + shs[ch], at_ = yt * sct[ch] + sht[ch];
+      const float zs = as > 0.f ? as : 0.f, zt = at_ > 0.f ? at_ : 0.f;
+      const float d = zt - zs;
+      if (QUERY) u.loss[ch] += d * d;
       if (NS) {
-        da_r_s[j * c + ch] = drs[ch];
-        yc_r_s[j * c + ch] = yrs[ch];
+        const float g = as > 0.f ? -w * d : 0.f;
+        u.da_s[ch] += g;
+        if (QUERY) u.yab_s[ch] += g * (ys - ms[ch]);
       }
       if (NT) {
-        da_r_t[j * c + ch] = drt[ch];
-        yc_r_t[j * c + ch] = yrt[ch];
+        const float g = at_ > 0.f ? w * d : 0.f;
+        u.da_t[ch] += g;
+        if (QUERY) u.yab_t[ch] += g * (yt - mt[ch]);
       }
     }
   }
-}
+};
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
 #define PCDET_PD_X86_AVX2 1
@@ -353,181 +278,164 @@ inline bool cpu_has_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2");
   return ok;
 }
+
+// PortableEdge::add in AVX2 for C a multiple of 8: the same sums per channel in the same order, 8 channels a step
+// (multiply and add stay separate). GCC left the portable edge loop scalar in the clones once it held more than one
+// accumulator per channel (about 4x slower). Not always_inline: it is inlined into the flattened AVX2 entry points
+// (sweep_avx2, rows_avx2), the only callers whose target allows it.
+struct Avx2Edge {
+  template <bool NS, bool NT, bool QUERY>
+  static inline __attribute__((target("avx2"))) void add(const SweepIn& a, const float* rs, const float* rt,
+                                                         const float* cs, const float* ct, bool valid, float w,
+                                                         const EdgeSums& u) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 vw = _mm256_set1_ps(w), vnw = _mm256_set1_ps(-w);
+    for (int64_t ch = 0; ch < a.c; ch += 8) {
+      const __m256 ys = _mm256_add_ps(_mm256_loadu_ps(rs + ch), _mm256_loadu_ps(cs + ch));
+      const __m256 yt = _mm256_add_ps(_mm256_loadu_ps(rt + ch), _mm256_loadu_ps(ct + ch));
+      const __m256 ms = _mm256_loadu_ps(a.mean_s + ch), mt = _mm256_loadu_ps(a.mean_t + ch);
+      if (NS) _mm256_storeu_ps(u.yc_s + ch, _mm256_add_ps(_mm256_loadu_ps(u.yc_s + ch), _mm256_sub_ps(ys, ms)));
+      if (NT) _mm256_storeu_ps(u.yc_t + ch, _mm256_add_ps(_mm256_loadu_ps(u.yc_t + ch), _mm256_sub_ps(yt, mt)));
+      if (!valid) continue;
+      const __m256 as = _mm256_add_ps(_mm256_mul_ps(ys, _mm256_loadu_ps(a.scale_s + ch)),
+                                      _mm256_loadu_ps(a.shift_s + ch));
+      const __m256 at_ = _mm256_add_ps(_mm256_mul_ps(yt, _mm256_loadu_ps(a.scale_t + ch)),
+                                       _mm256_loadu_ps(a.shift_t + ch));
+      // relu as (a > 0 ? a : 0): max returns its second operand (0) for a NaN, as the select does
+      const __m256 d = _mm256_sub_ps(_mm256_max_ps(at_, zero), _mm256_max_ps(as, zero));
+      if (QUERY) _mm256_storeu_ps(u.loss + ch, _mm256_add_ps(_mm256_loadu_ps(u.loss + ch), _mm256_mul_ps(d, d)));
+      if (NS) {
+        const __m256 g = _mm256_and_ps(_mm256_cmp_ps(as, zero, _CMP_GT_OQ), _mm256_mul_ps(vnw, d));
+        _mm256_storeu_ps(u.da_s + ch, _mm256_add_ps(_mm256_loadu_ps(u.da_s + ch), g));
+        if (QUERY)
+          _mm256_storeu_ps(u.yab_s + ch,
+                           _mm256_add_ps(_mm256_loadu_ps(u.yab_s + ch), _mm256_mul_ps(g, _mm256_sub_ps(ys, ms))));
+      }
+      if (NT) {
+        const __m256 g = _mm256_and_ps(_mm256_cmp_ps(at_, zero, _CMP_GT_OQ), _mm256_mul_ps(vw, d));
+        _mm256_storeu_ps(u.da_t + ch, _mm256_add_ps(_mm256_loadu_ps(u.da_t + ch), g));
+        if (QUERY)
+          _mm256_storeu_ps(u.yab_t + ch,
+                           _mm256_add_ps(_mm256_loadu_ps(u.yab_t + ch), _mm256_mul_ps(g, _mm256_sub_ps(yt, mt))));
+      }
+    }
+  }
+};
 #endif
 
-// Test hook (set_avx2): false keeps the sweeps on the portable loops, so tests can compare both paths on one input.
-std::atomic<bool> g_allow_avx2{true};
-
-#ifdef PCDET_PD_X86_AVX2
-
-// The query pass of sweep_impl in AVX2 for C a multiple of 8 (8 channels a step, the same sums per channel in the
-// same edge order; multiply and add stay separate). GCC left sweep_impl's edge loop scalar in the clones once it
-// held more than one accumulator per channel (about 4x slower). Scratch: 7 C floats.
-template <bool NS, bool NT>
-__attribute__((target("avx2"))) double sweep_avx2(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1,
-                                                  float* scratch) {
+// The query pass over queries [i0, i1) with the edge kernel Edge: the loss sum, and for each side that learns its
+// per-query sums (da_q, yc_q) and the block's ab. Writes only rows [i0, i1) of the outputs; each query's sums
+// build up in the scratch and are copied out once.
+template <bool NS, bool NT, class Edge>
+PCDET_PD_INLINE double query_walk(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
   const int64_t k = a.k, c = a.c;
-  float* lacc = scratch;
-  float* yab_s = scratch + c;       // sum da_s * (y_s - mean_s)
-  float* yab_t = scratch + 2 * c;
-  float* das = scratch + 3 * c;
-  float* dat = scratch + 4 * c;
-  float* ycs = scratch + 5 * c;
-  float* yct = scratch + 6 * c;
-  const __m256 zero = _mm256_setzero_ps();
+  const EdgeSums u = sums_in(scratch, c);
   double total = 0.0;
   for (int64_t i = i0; i < i1; ++i) {
     const float w = a.phi[i];
-    const __m256 vw = _mm256_set1_ps(w), vnw = _mm256_set1_ps(-w);
     const float* cs = a.cs + i * c;
     const float* ct = a.ct + i * c;
-    for (int64_t x = 0; x < 7 * c; ++x) scratch[x] = 0.f;
+    for (int64_t x = 0; x < kScratch * c; ++x) scratch[x] = 0.f;  // plain loops: see the pragma above
     for (int64_t kk = 0; kk < k; ++kk) {
       const int64_t j = a.idx[i * k + kk];
-      const float* rs = a.rs + j * c;
-      const float* rt = a.rt + j * c;
-      const bool valid = a.valid[i * k + kk];
-      for (int64_t ch = 0; ch < c; ch += 8) {
-        const __m256 ys = _mm256_add_ps(_mm256_loadu_ps(rs + ch), _mm256_loadu_ps(cs + ch));
-        const __m256 yt = _mm256_add_ps(_mm256_loadu_ps(rt + ch), _mm256_loadu_ps(ct + ch));
-        const __m256 ms = _mm256_loadu_ps(a.mean_s + ch), mt = _mm256_loadu_ps(a.mean_t + ch);
-        if (NS) _mm256_storeu_ps(ycs + ch, _mm256_add_ps(_mm256_loadu_ps(ycs + ch), _mm256_sub_ps(ys, ms)));
-        if (NT) _mm256_storeu_ps(yct + ch, _mm256_add_ps(_mm256_loadu_ps(yct + ch), _mm256_sub_ps(yt, mt)));
-        if (!valid) continue;
-        const __m256 as = _mm256_add_ps(_mm256_mul_ps(ys, _mm256_loadu_ps(a.scale_s + ch)),
-                                        _mm256_loadu_ps(a.shift_s + ch));
-        const __m256 at_ = _mm256_add_ps(_mm256_mul_ps(yt, _mm256_loadu_ps(a.scale_t + ch)),
-                                         _mm256_loadu_ps(a.shift_t + ch));
-        // relu as (a > 0 ? a : 0): max returns its second operand (0) for a NaN, as the select does
-        const __m256 d = _mm256_sub_ps(_mm256_max_ps(at_, zero), _mm256_max_ps(as, zero));
-        _mm256_storeu_ps(lacc + ch, _mm256_add_ps(_mm256_loadu_ps(lacc + ch), _mm256_mul_ps(d, d)));
-        if (NS) {
-          const __m256 g = _mm256_and_ps(_mm256_cmp_ps(as, zero, _CMP_GT_OQ), _mm256_mul_ps(vnw, d));
-          _mm256_storeu_ps(das + ch, _mm256_add_ps(_mm256_loadu_ps(das + ch), g));
-          _mm256_storeu_ps(yab_s + ch,
-                           _mm256_add_ps(_mm256_loadu_ps(yab_s + ch), _mm256_mul_ps(g, _mm256_sub_ps(ys, ms))));
-        }
-        if (NT) {
-          const __m256 g = _mm256_and_ps(_mm256_cmp_ps(at_, zero, _CMP_GT_OQ), _mm256_mul_ps(vw, d));
-          _mm256_storeu_ps(dat + ch, _mm256_add_ps(_mm256_loadu_ps(dat + ch), g));
-          _mm256_storeu_ps(yab_t + ch,
-                           _mm256_add_ps(_mm256_loadu_ps(yab_t + ch), _mm256_mul_ps(g, _mm256_sub_ps(yt, mt))));
-        }
-      }
+      Edge::template add<NS, NT, true>(a, a.rs + j * c, a.rt + j * c, cs, ct, a.valid[i * k + kk], w, u);
     }
     float acc_i = 0.f;
-    for (int64_t ch = 0; ch < c; ++ch) acc_i += lacc[ch];
+    for (int64_t ch = 0; ch < c; ++ch) acc_i += u.loss[ch];
     total += static_cast<double>(w) * acc_i;
     for (int64_t ch = 0; ch < c; ++ch) {
       if (NS) {
-        o.da_q_s[i * c + ch] = das[ch];
-        o.yc_q_s[i * c + ch] = ycs[ch];
-        o.ab[ch] += das[ch];
-        o.ab[c + ch] += yab_s[ch];
+        o.da_q_s[i * c + ch] = u.da_s[ch];
+        o.yc_q_s[i * c + ch] = u.yc_s[ch];
+        o.ab[ch] += u.da_s[ch];
+        o.ab[c + ch] += u.yab_s[ch];
       }
       if (NT) {
-        o.da_q_t[i * c + ch] = dat[ch];
-        o.yc_q_t[i * c + ch] = yct[ch];
-        o.ab[2 * c + ch] += dat[ch];
-        o.ab[3 * c + ch] += yab_t[ch];
+        o.da_q_t[i * c + ch] = u.da_t[ch];
+        o.yc_q_t[i * c + ch] = u.yc_t[ch];
+        o.ab[2 * c + ch] += u.da_t[ch];
+        o.ab[3 * c + ch] += u.yab_t[ch];
       }
     }
   }
   return total;
 }
 
-// The row pass of rows_impl in AVX2 for C a multiple of 8 (same sums per channel in the same edge order).
-template <bool NS, bool NT>
-__attribute__((target("avx2"))) void rows_avx2(const SweepIn& a, const int64_t* ptr, const int64_t* edges,
-                                               int64_t j0, int64_t j1, float* da_r_s, float* yc_r_s,
-                                               float* da_r_t, float* yc_r_t, float* scratch) {
+// The row pass over neighbour rows [j0, j1) with the edge kernel Edge: per row, over its edges in CSR order,
+// da_r[j] = sum da(e) (valid edges) and yc_r[j] = sum (y(e) - mean) (every edge), each side that learns; the edge
+// values are recomputed from the rows and the gathered centres, so nothing is scattered. Writes only rows
+// [j0, j1) of da_r, yc_r.
+template <bool NS, bool NT, class Edge>
+PCDET_PD_INLINE void row_walk(const SweepIn& a, const RowOut& o, int64_t j0, int64_t j1, float* scratch) {
   const int64_t k = a.k, c = a.c;
-  float* drs = scratch;
-  float* yrs = scratch + c;
-  float* drt = scratch + 2 * c;
-  float* yrt = scratch + 3 * c;
-  const __m256 zero = _mm256_setzero_ps();
+  const EdgeSums u = sums_in(scratch, c);
   for (int64_t j = j0; j < j1; ++j) {
     const float* rs = a.rs + j * c;
     const float* rt = a.rt + j * c;
-    for (int64_t x = 0; x < 4 * c; ++x) scratch[x] = 0.f;
-    for (int64_t p = ptr[j]; p < ptr[j + 1]; ++p) {
-      const int64_t e = edges[p];
+    for (int64_t x = 0; x < 4 * c; ++x) scratch[x] = 0.f;  // da_s, yc_s, da_t, yc_t
+    for (int64_t p = o.ptr[j]; p < o.ptr[j + 1]; ++p) {
+      const int64_t e = o.edges[p];
       const int64_t i = e / k;
-      const float* cs = a.cs + i * c;
-      const float* ct = a.ct + i * c;
-      const bool valid = a.valid[e];
-      const __m256 vw = _mm256_set1_ps(a.phi[i]), vnw = _mm256_set1_ps(-a.phi[i]);
-      for (int64_t ch = 0; ch < c; ch += 8) {
-        const __m256 ys = _mm256_add_ps(_mm256_loadu_ps(rs + ch), _mm256_loadu_ps(cs + ch));
-        const __m256 yt = _mm256_add_ps(_mm256_loadu_ps(rt + ch), _mm256_loadu_ps(ct + ch));
-        if (NS)
-          _mm256_storeu_ps(yrs + ch, _mm256_add_ps(_mm256_loadu_ps(yrs + ch),
-                                                   _mm256_sub_ps(ys, _mm256_loadu_ps(a.mean_s + ch))));
-        if (NT)
-          _mm256_storeu_ps(yrt + ch, _mm256_add_ps(_mm256_loadu_ps(yrt + ch),
-                                                   _mm256_sub_ps(yt, _mm256_loadu_ps(a.mean_t + ch))));
-        if (!valid) continue;
-        const __m256 as = _mm256_add_ps(_mm256_mul_ps(ys, _mm256_loadu_ps(a.scale_s + ch)),
-                                        _mm256_loadu_ps(a.shift_s + ch));
-        const __m256 at_ = _mm256_add_ps(_mm256_mul_ps(yt, _mm256_loadu_ps(a.scale_t + ch)),
-                                         _mm256_loadu_ps(a.shift_t + ch));
-        const __m256 d = _mm256_sub_ps(_mm256_max_ps(at_, zero), _mm256_max_ps(as, zero));
-        if (NS)
-          _mm256_storeu_ps(drs + ch, _mm256_add_ps(_mm256_loadu_ps(drs + ch),
-                                                   _mm256_and_ps(_mm256_cmp_ps(as, zero, _CMP_GT_OQ),
-                                                                 _mm256_mul_ps(vnw, d))));
-        if (NT)
-          _mm256_storeu_ps(drt + ch, _mm256_add_ps(_mm256_loadu_ps(drt + ch),
-                                                   _mm256_and_ps(_mm256_cmp_ps(at_, zero, _CMP_GT_OQ),
-                                                                 _mm256_mul_ps(vw, d))));
-      }
+      Edge::template add<NS, NT, false>(a, rs, rt, a.cs + i * c, a.ct + i * c, a.valid[e], a.phi[i], u);
     }
     for (int64_t ch = 0; ch < c; ++ch) {
       if (NS) {
-        da_r_s[j * c + ch] = drs[ch];
-        yc_r_s[j * c + ch] = yrs[ch];
+        o.da_r_s[j * c + ch] = u.da_s[ch];
+        o.yc_r_s[j * c + ch] = u.yc_s[ch];
       }
       if (NT) {
-        da_r_t[j * c + ch] = drt[ch];
-        yc_r_t[j * c + ch] = yrt[ch];
+        o.da_r_t[j * c + ch] = u.da_t[ch];
+        o.yc_r_t[j * c + ch] = u.yc_t[ch];
       }
     }
   }
 }
-#endif
 
+// Test hook (set_avx2): false keeps the sweeps on the portable loops, so tests can compare both paths on one input.
+std::atomic<bool> g_allow_avx2{true};
+
+// The entry points, one per (pass, sides that learn): the portable ones cloned for x86-64 levels, the AVX2 ones
+// flattened so that the AVX2 edge kernel is inlined into them.
 PCDET_PD_CLONES
 double sweep_none(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
-  return sweep_impl<false, false>(a, o, i0, i1, scratch);
+  return query_walk<false, false, PortableEdge>(a, o, i0, i1, scratch);
 }
 PCDET_PD_CLONES
 double sweep_student(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
-  return sweep_impl<true, false>(a, o, i0, i1, scratch);
+  return query_walk<true, false, PortableEdge>(a, o, i0, i1, scratch);
 }
 PCDET_PD_CLONES
 double sweep_teacher(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
-  return sweep_impl<false, true>(a, o, i0, i1, scratch);
+  return query_walk<false, true, PortableEdge>(a, o, i0, i1, scratch);
 }
 PCDET_PD_CLONES
 double sweep_both(const SweepIn& a, const SweepOut& o, int64_t i0, int64_t i1, float* scratch) {
-  return sweep_impl<true, true>(a, o, i0, i1, scratch);
+  return query_walk<true, true, PortableEdge>(a, o, i0, i1, scratch);
 }
 PCDET_PD_CLONES
-void rows_student(const SweepIn& a, const int64_t* ptr, const int64_t* edges, int64_t j0, int64_t j1, float* drs,
-                  float* yrs, float* drt, float* yrt, float* scratch) {
-  rows_impl<true, false>(a, ptr, edges, j0, j1, drs, yrs, drt, yrt, scratch);
+void rows_student(const SweepIn& a, const RowOut& o, int64_t j0, int64_t j1, float* scratch) {
+  row_walk<true, false, PortableEdge>(a, o, j0, j1, scratch);
 }
 PCDET_PD_CLONES
-void rows_teacher(const SweepIn& a, const int64_t* ptr, const int64_t* edges, int64_t j0, int64_t j1, float* drs,
-                  float* yrs, float* drt, float* yrt, float* scratch) {
-  rows_impl<false, true>(a, ptr, edges, j0, j1, drs, yrs, drt, yrt, scratch);
+void rows_teacher(const SweepIn& a, const RowOut& o, int64_t j0, int64_t j1, float* scratch) {
+  row_walk<false, true, PortableEdge>(a, o, j0, j1, scratch);
 }
 PCDET_PD_CLONES
-void rows_both(const SweepIn& a, const int64_t* ptr, const int64_t* edges, int64_t j0, int64_t j1, float* drs,
-               float* yrs, float* drt, float* yrt, float* scratch) {
-  rows_impl<true, true>(a, ptr, edges, j0, j1, drs, yrs, drt, yrt, scratch);
+void rows_both(const SweepIn& a, const RowOut& o, int64_t j0, int64_t j1, float* scratch) {
+  row_walk<true, true, PortableEdge>(a, o, j0, j1, scratch);
 }
+#ifdef PCDET_PD_X86_AVX2
+template <bool NS, bool NT>
+__attribute__((target("avx2"), flatten)) double sweep_avx2(const SweepIn& a, const SweepOut& o, int64_t i0,
+                                                           int64_t i1, float* scratch) {
+  return query_walk<NS, NT, Avx2Edge>(a, o, i0, i1, scratch);
+}
+template <bool NS, bool NT>
+__attribute__((target("avx2"), flatten)) void rows_avx2(const SweepIn& a, const RowOut& o, int64_t j0, int64_t j1,
+                                                        float* scratch) {
+  row_walk<NS, NT, Avx2Edge>(a, o, j0, j1, scratch);
+}
+#endif
 #ifdef PCDET_PD_SWEEP_OPTIONS
 #pragma GCC pop_options
 #endif
@@ -558,7 +466,8 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
   for (int side = 0; side < 2; ++side) {
     const bool need = side == 0 ? need_s : need_t;
     auto& out = side == 0 ? cs_q : ct_q;
-    out = need ? std::vector<at::Tensor>{at::zeros({q, c}, f), at::zeros({q, c}, f)}
+    // the query pass writes every row of each
+    out = need ? std::vector<at::Tensor>{at::empty({q, c}, f), at::empty({q, c}, f)}
                : std::vector<at::Tensor>{at::empty({0}, f), at::empty({0}, f)};
   }
   const SweepIn in{s.rows, s.centre, t.rows, t.centre, ns.scale.data(), ns.shift.data(), ns.mean.data(),
@@ -571,7 +480,7 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
   const bool use_avx2 = c % 8 == 0 && g_allow_avx2.load() && cpu_has_avx2();
 #endif
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> scratch(static_cast<size_t>(9 * c));
+    std::vector<float> scratch(static_cast<size_t>(kScratch * c));
     for (int64_t b = b0; b < b1; ++b) {
       const SweepOut o{need_s ? cs_q[0].data_ptr<float>() : nullptr, need_s ? cs_q[1].data_ptr<float>() : nullptr,
                        need_t ? ct_q[0].data_ptr<float>() : nullptr, need_t ? ct_q[1].data_ptr<float>() : nullptr,
@@ -601,19 +510,18 @@ double loss_sweep(const SideView& s, const SideView& t, const Norm& ns, const No
     const auto rows_fn_avx2 = need_s ? (need_t ? rows_avx2<true, true> : rows_avx2<true, false>)
                                      : rows_avx2<false, true>;
 #endif
-    float* drs = need_s ? da_r_s.data_ptr<float>() : nullptr;
-    float* yrs = need_s ? yc_r_s.data_ptr<float>() : nullptr;
-    float* drt = need_t ? da_r_t.data_ptr<float>() : nullptr;
-    float* yrt = need_t ? yc_r_t.data_ptr<float>() : nullptr;
+    const RowOut ro{re.ptr.data(), re.edges.data(), need_s ? da_r_s.data_ptr<float>() : nullptr,
+                    need_s ? yc_r_s.data_ptr<float>() : nullptr, need_t ? da_r_t.data_ptr<float>() : nullptr,
+                    need_t ? yc_r_t.data_ptr<float>() : nullptr};
     at::parallel_for(0, m, 64, [&](int64_t j0, int64_t j1) {
-      std::vector<float> scratch(static_cast<size_t>(4 * c));
+      std::vector<float> scratch(static_cast<size_t>(kScratch * c));
 #ifdef PCDET_PD_X86_AVX2
       if (use_avx2) {
-        rows_fn_avx2(in, re.ptr.data(), re.edges.data(), j0, j1, drs, yrs, drt, yrt, scratch.data());
+        rows_fn_avx2(in, ro, j0, j1, scratch.data());
         return;
       }
 #endif
-      rows_fn(in, re.ptr.data(), re.edges.data(), j0, j1, drs, yrs, drt, yrt, scratch.data());
+      rows_fn(in, ro, j0, j1, scratch.data());
     });
   }
   const double* abp = ab.data_ptr<double>();
