@@ -8,6 +8,7 @@ Without ``--ckpt`` a run resumes from the most advanced complete checkpoint of i
 import argparse
 import datetime
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -223,8 +224,9 @@ def run(args, cfg, dist_train, world_size, rank, device):
             logger.warning("OPTIMIZATION.USE_AMP: bf16 autocast on a CPU without native bf16 (no AVX512-BF16 / "
                            "AMX): steps are several times slower than float32; set USE_AMP: auto")
     elif amp_value == "auto":
-        logger.info(f"mixed precision: USE_AMP auto -> float32 ({device.type}"
-                    f"{', no native bf16' if device.type == 'cpu' else ''})")
+        forced = os.environ.get(common_utils.CPU_BF16_ENV, "").strip().lower() == "off"
+        why = f", {common_utils.CPU_BF16_ENV}=off" if forced else ", no native bf16"
+        logger.info(f"mixed precision: USE_AMP auto -> float32 ({device.type}{why if device.type == 'cpu' else ''})")
 
     from pcdet.models import model_fn_decorator
 

@@ -166,12 +166,23 @@ def amp_dtype(name, who):
     return AMP_DTYPES[key]
 
 
+CPU_BF16_ENV = "PCDET_CPU_BF16"
+
+
 def cpu_has_native_bf16():
     """Whether this CPU runs bf16 convolutions and matmuls natively (AVX512-BF16 or AMX, as oneDNN reports it).
+
+    ``PCDET_CPU_BF16=off`` in the environment answers False on any CPU, so that 'auto' trains in float32 as on a
+    CPU without native bf16 (the benchmark's ``--cpu_kind fp32`` sets it: runs that pair with that kind's runs).
 
     Without it (an AVX2-only CPU) bf16 autocast falls back to slow reference kernels: measured here on a 2-core
     AMD EPYC (AVX2), a PointPillars training step took 6.3 s under bf16 autocast against 1.4 s in float32.
     """
+    setting = os.environ.get(CPU_BF16_ENV, "auto").strip().lower()
+    if setting not in ("auto", "off", ""):
+        raise ValueError(f"{CPU_BF16_ENV}: expected 'off' or 'auto', got {os.environ[CPU_BF16_ENV]!r}")
+    if setting == "off":
+        return False
     try:
         onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

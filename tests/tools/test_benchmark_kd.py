@@ -3,10 +3,12 @@ paired gains with t-intervals, the reports and the JSON of the results."""
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.kd.benchmark import PRESETS, Benchmark, paired_gains, run_priority, t_interval
@@ -571,6 +573,24 @@ def test_report_only_rewrites_the_report_and_runs_nothing(tmp_path, monkeypatch)
                    ("teacher", 0, 30.0)]
     assert "PointDistiller" in (docs / "results_cpu.md").read_text()
     assert not (tmp_path / "work" / "wall_times.json").exists()   # a report-only invocation records no wall time
+
+
+def test_cpu_kind_fp32_trains_and_hashes_as_a_cpu_without_native_bf16(tmp_path, monkeypatch):
+    # a session on a bf16 CPU adds seeds to a table of float32 runs: --cpu_kind fp32 makes its runs those runs
+    from pcdet.kd.benchmark import cli
+    from pcdet.utils import common_utils as cu
+
+    monkeypatch.setenv(cu.CPU_BF16_ENV, "auto")      # restored after the test, whatever the CLI sets
+    kinds = {bf16: Benchmark("cpu", PRESETS["cpu"], tmp_path / "work", tmp_path / "data", families=["pointpillar"],
+                             zoo_manifest=_manifest(tmp_path), native_bf16=bf16) for bf16 in (False, True)}
+    student = next(r for r in kinds[False].runs if r.method == "none")
+    assert kinds[False].cfg_hash(student) != kinds[True].cfg_hash(student)
+    assert parse_args(["--preset", "cpu"]).cpu_kind == "auto"
+    cli.apply_cpu_kind(parse_args(["--preset", "cpu", "--cpu_kind", "fp32"]).cpu_kind)
+    assert os.environ[cu.CPU_BF16_ENV] == "off"      # inherited by every training and evaluation subprocess
+    assert cu.cpu_has_native_bf16() is False and cu.resolve_amp("auto", "cpu", torch.bfloat16) is False
+    here = _bench(tmp_path, "cpu", families=["pointpillar"])    # no native_bf16 given: this machine, as set
+    assert here.cfg_hash(student) == kinds[False].cfg_hash(student)
 
 
 def test_report_shows_per_family_the_cpu_kind_with_more_runs_and_keeps_the_wall_times(tmp_path, monkeypatch):

@@ -170,6 +170,19 @@ def test_to_channels_last_only_touches_4d_weights_and_keeps_values():
     assert out["a"].dtype == torch.float32 and out["b"][0].dtype == torch.float32 and out["c"].dtype == torch.int64
 
 
+def test_pcdet_cpu_bf16_off_makes_any_cpu_one_without_native_bf16(monkeypatch):
+    from pcdet.utils import common_utils as cu
+
+    monkeypatch.setenv(cu.CPU_BF16_ENV, "off")
+    assert cu.cpu_has_native_bf16() is False
+    assert cu.resolve_amp("auto", "cpu", torch.bfloat16) is False
+    monkeypatch.setenv(cu.CPU_BF16_ENV, "maybe")
+    with pytest.raises(ValueError, match="PCDET_CPU_BF16: expected 'off' or 'auto', got 'maybe'"):
+        cu.cpu_has_native_bf16()
+    monkeypatch.setenv(cu.CPU_BF16_ENV, "auto")    # the hardware's answer, whatever it is
+    assert isinstance(cu.cpu_has_native_bf16(), bool)
+
+
 def test_resolve_amp_follows_the_value_and_the_hardware(monkeypatch):
     from pcdet.utils import common_utils as cu
 

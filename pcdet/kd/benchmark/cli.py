@@ -10,6 +10,7 @@ from every result present, so families run in separate invocations merge into on
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,10 +61,26 @@ def parse_args(argv):
     parser.add_argument("--jobs", type=int, default=None, help="training runs in parallel (default: preset)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--cpu_kind", default="auto", choices=["auto", "fp32"],
+                        help="fp32: run, hash and report as on a CPU without native bf16 (USE_AMP 'auto' trains in "
+                             "float32) even where this CPU has it, so the runs pair with that kind's; auto: this "
+                             "CPU's kind")
     parser.add_argument("--docs_dir", default=str(REPO_ROOT / "docs"))
     parser.add_argument("--report_only", action="store_true",
                         help="train and evaluate nothing: rewrite the report from the results present")
     return parser.parse_args(argv)
+
+
+def apply_cpu_kind(kind):
+    """'fp32': this process and every training / evaluation subprocess (they inherit the environment) take this
+    CPU for one without native bf16 (``PCDET_CPU_BF16=off``): the run hashes, the precision and the report's kind
+    are those of that kind. 'auto': this CPU's own kind."""
+    from ...utils.common_utils import CPU_BF16_ENV
+
+    if kind == "fp32":
+        os.environ[CPU_BF16_ENV] = "off"
+    elif kind != "auto":
+        raise ValueError(f"--cpu_kind: expected 'auto' or 'fp32', got {kind!r}")
 
 
 def default_data_dir(preset_name, preset):
@@ -82,6 +99,7 @@ def main(argv=None):
                                       for f in preset["families"].values()):
         raise SystemExit(f"--retrain-teachers: preset {args.preset} has no zoo teachers (its teachers are trained "
                          f"by the preset itself)")
+    apply_cpu_kind(args.cpu_kind)
     work_dir = Path(args.work_dir or REPO_ROOT / "output" / "benchmark_kd" / args.preset)
     data_dir = Path(args.data_dir or default_data_dir(args.preset, preset))
     work_dir.mkdir(parents=True, exist_ok=True)
