@@ -110,18 +110,22 @@ def test_tune_mode_runs_each_setting_once_and_family_filter(tmp_path):
     head = cfg_from_yaml_file(bench.write_cfg(run)).KD.HEADS[0]
     assert head.TAU == 1.0 and head.LOSS_WEIGHT == 8.0 and head.NUM_KEEP == 2048
     # methods without a sweep still get their default setting on the tuning split
-    assert [r.label for r in bench.runs if r.method == "fitnet"] == ["default"]
-    # the same training config shares one output folder (a tuning run reused by the final table); on PointPillars
-    # the sweep kept the 12 epochs it ran with while the final schedule is 18, so this holds on CenterPoint-pillar
+    assert [r.label for r in bench.runs if r.method == "label_kd"] == ["default"]
+    # the same training config shares one output folder (a tuning run reused by the final table): FitNet's 'e18'
+    # setting is the final PointPillars config; its 12-epoch 'default' is not, nor is a weight of the sweep
+    pp_final = _bench(tmp_path, "cpu", families=["pointpillar"])
+    pp_fit = next(r for r in pp_final.runs if r.method == "fitnet" and r.seed == p["seeds"][0])
+    fit = {r.label: r for r in bench.runs if r.method == "fitnet"}
+    assert list(fit) == ["default", "e18", "w10_e18", "w100_e18"]
+    assert pp_final.run_dir(pp_fit) == bench.run_dir(fit["e18"]) and pp_final.cfg_hash(pp_fit) == bench.cfg_hash(fit["e18"])
+    assert (pp_fit.epochs, fit["default"].epochs) == (p["student_epochs"]["pointpillar"], 12)
+    assert len({bench.run_dir(r) for r in fit.values()}) == 4
+    assert cfg_from_yaml_file(bench.write_cfg(fit["w100_e18"])).KD.HEADS[0].LOSS_WEIGHT == 100.0
     cp_tune = _bench(tmp_path, "cpu", mode="tune", families=["centerpoint_pillar"])
     final = _bench(tmp_path, "cpu", families=["centerpoint_pillar"])
     same = next(r for r in final.runs if r.method == "fitnet" and r.seed == p["seeds"][0])
     tuned = next(r for r in cp_tune.runs if r.method == "fitnet")
     assert final.run_dir(same) == cp_tune.run_dir(tuned) and final.cfg_text(same) == cp_tune.cfg_text(tuned)
-    pp_final = _bench(tmp_path, "cpu", families=["pointpillar"])
-    pp_fit = next(r for r in pp_final.runs if r.method == "fitnet" and r.seed == p["seeds"][0])
-    pp_tuned = next(r for r in bench.runs if r.method == "fitnet")
-    assert (pp_fit.epochs, pp_tuned.epochs) == (p["student_epochs"]["pointpillar"], 12)
     assert final.result_path(same, "val") != cp_tune.result_path(tuned, "tune")
     other = next(r for r in pd if r.label == "tau1")
     assert bench.run_dir(other) != bench.run_dir(run) and bench.cfg_path(other) != bench.cfg_path(run)
