@@ -165,6 +165,11 @@ def over_baseline_rows(rows):
     return [o for b in BASELINES for o in paired_rows(rows, b, lambda m: m not in ("none",) + BASELINES)]
 
 
+def _seed_gains(gains):
+    """'s0: +1.23 s1: -0.40' from [(seed, gain), ...]."""
+    return " ".join(f"s{s}: {g:+.2f}" for s, g in gains)
+
+
 def _num(v, digits=2):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -244,7 +249,7 @@ def final_markdown(bench, records, teachers, wall_note=""):
                   "|" + "---|" * (10 + len(CLASSES))]
         for row in rows:
             a = row["any"]
-            gains = " ".join(f"s{s}: {g:+.2f}" for s, g in row.get("gains", [])) or \
+            gains = _seed_gains(row.get("gains", [])) or \
                 " ".join(f"s{s}: {v:.2f}" for s, v in sorted(row["per_seed"].items()))
             gap = row.get("gap_closed")
             lines.append(f"| {row['width']} | {METHOD_LABELS[row['method']]} | {a['epochs']} | "
@@ -264,7 +269,7 @@ def final_markdown(bench, records, teachers, wall_note=""):
             for o in over:
                 lines.append(f"| {o['width']} | {METHOD_LABELS[o['method']]} | {len(o['gains'])} | "
                              f"{fmt_interval(*o['gain'])} | "
-                             + " ".join(f"s{s}: {g:+.2f}" for s, g in o["gains"]) + " |")
+                             + _seed_gains(o["gains"]) + " |")
         against = over_baseline_rows(rows)
         if against:
             lines += ["", "Against the baselines, paired by seed (method - baseline of the same seed, over the seeds "
@@ -273,7 +278,7 @@ def final_markdown(bench, records, teachers, wall_note=""):
             for o in against:
                 lines.append(f"| {o['width']} | {METHOD_LABELS[o['method']]} | {METHOD_LABELS[o['against']]} | "
                              f"{len(o['gains'])} | {fmt_interval(*o['gain'])} | "
-                             + " ".join(f"s{s}: {g:+.2f}" for s, g in o["gains"]) + " |")
+                             + _seed_gains(o["gains"]) + " |")
         curve = next((r["curve"] for r in records if r["family"] == family and r["method"] == "none" and r["curve"]),
                      None)
         if curve:
