@@ -380,6 +380,8 @@ def test_tuning_report_lists_each_setting_with_its_difference(tmp_path):
 def _preset_with(**changes):
     preset = json.loads(json.dumps(PRESETS["cpu"]))
     preset["tuning"] = dict(preset["tuning"], **changes)
+    for method in changes:   # a replaced sweep has other labels: its decision rule goes with it
+        preset["decisions"].pop(method, None)
     return preset
 
 
@@ -534,6 +536,66 @@ def test_tuning_report_pairs_recipes_and_methods_by_seed_and_recipe(tmp_path):
     assert len(both) == len(records) + 1 and sum(r["method"] == "teacher" for r in both) == 2
     line = next(l for l in text.splitlines() if "| Student alone | lr0.001 |" in l)
     assert "s0: 13.00 s1: 15.00 s2: 17.00" in line and fmt_interval(*t_interval([3.0, 4.0, 5.0])) in line
+
+
+def _rows(values, method="logit_kd", width=0.25):
+    """Hand-built tuning rows from {label or (method, label): {seed: mAP}} (per-seed hashes 'h<label>')."""
+    rows = []
+    for key, per in values.items():
+        m, lab = key if isinstance(key, tuple) else (method, key)
+        rows.append(dict(method=m, label=lab, width=width, per_seed=per, hashes={s: f"h{lab}" for s in per}))
+    return rows
+
+
+def test_decision_rule_margin_keep_pending_and_also_beat():
+    rule = dict(method="logit_kd", candidates=["e18", "w10", "w100"], keep="e18", margin=1.0)
+    # pending while a candidate has no run of the rule's seed
+    d = rep.decide(rule, _rows({"e18": {0: 30.0}, "w100": {0: 31.5}}), 0.25)
+    assert d["chosen"] is None and d["missing"] == ["w10"] and d["means"]["w100"] == 31.5
+    # the best beats keep by >= margin: chosen; by less: keep stays
+    d = rep.decide(rule, _rows({"e18": {0: 30.0}, "w10": {0: 30.5}, "w100": {0: 31.0}}), 0.25)
+    assert d["best"] == "w100" and d["chosen"] == "w100" and d["margins"] == {("logit_kd", "e18"): 1.0}
+    d = rep.decide(rule, _rows({"e18": {0: 30.0}, "w10": {0: 30.5}, "w100": {0: 30.99}}), 0.25)
+    assert d["best"] == "w100" and d["chosen"] == "e18"
+    # means over the rule's seeds; a candidate lacking one of them is missing
+    rule3 = dict(rule, seeds=[0, 1])
+    d = rep.decide(rule3, _rows({"e18": {0: 30.0, 1: 34.0}, "w10": {0: 33.0, 1: 33.0}, "w100": {0: 40.0}}), 0.25)
+    assert d["chosen"] is None and d["missing"] == ["w100"]
+    d = rep.decide(rule3, _rows({"e18": {0: 30.0, 1: 34.0}, "w10": {0: 33.0, 1: 33.0}, "w100": {0: 1.0, 1: 1.0}}),
+                   0.25)
+    assert d["means"]["e18"] == 32.0 and d["chosen"] == "w10"
+    # also_beat: the winner must also beat another method's setting by the margin
+    rule_ab = dict(method="pd_inherit", candidates=["tau1", "tau4"], keep="tau1", margin=1.0,
+                   also_beat=[["inherit", "e18"]])
+    rows = _rows({("pd_inherit", "tau1"): {0: 34.0}, ("pd_inherit", "tau4"): {0: 36.0}, ("inherit", "e18"): {0: 35.5}})
+    d = rep.decide(rule_ab, rows, 0.25)
+    assert d["chosen"] == "tau1" and d["margins"][("inherit", "e18")] == pytest.approx(0.5)
+    rows[2]["per_seed"] = {0: 34.5}
+    assert rep.decide(rule_ab, rows, 0.25)["chosen"] == "tau4"
+    # keep None: the highest wins; another width's rows are not mixed in
+    rule_max = dict(method="itkd", candidates=["a", "b"], keep=None)
+    rows = _rows({"a": {0: 2.0}, "b": {0: 1.0}}, method="itkd") + _rows({"b": {0: 9.0}}, method="itkd", width=0.5)
+    assert rep.decide(rule_max, rows, 0.25)["chosen"] == "a"
+
+
+def test_decision_lines_say_the_choice_and_whether_the_val_config_is_it(tmp_path):
+    preset = _preset_with()
+    bench = Benchmark("cpu", preset, tmp_path / "work", tmp_path / "data", mode="tune", families=["pointpillar"],
+                      zoo_manifest=_manifest(tmp_path))
+    rows = _rows({"e18": {0: 30.0}, "w10_e18": {0: 30.2}, "w100_e18": {0: 31.5}})
+    lines = rep.decision_lines(bench, rows, "pointpillar", lambda m, f, w, s: "he18")
+    assert len(lines) == 1 and "Chosen: **w100_e18** (w100_e18 - e18 +1.50)" in lines[0]
+    assert "The val config is e18's: it is not the rule's choice, the preset must be updated." in lines[0]
+    lines = rep.decision_lines(bench, rows, "pointpillar", lambda m, f, w, s: "hw100_e18")
+    assert lines[0].endswith("The val config is w100_e18's.")
+    lines = rep.decision_lines(bench, rows[:2], "pointpillar")
+    assert "Pending: w100_e18 not run on these seeds." in lines[0] and "val config" not in lines[0]
+    # a rule naming a setting the sweep does not have is refused with its names
+    bad = _preset_with()
+    bad["decisions"]["fitnet"]["pointpillar"]["candidates"].append("w1000")
+    with pytest.raises(BenchmarkError, match=r"decisions\[fitnet\]\[pointpillar\] names settings \['w1000'\]"):
+        Benchmark("cpu", bad, tmp_path / "work", tmp_path / "data", mode="tune", families=["pointpillar"],
+                  zoo_manifest=_manifest(tmp_path))
 
 
 def test_progress_line_estimates_from_finished_cost(tmp_path):
@@ -694,6 +756,7 @@ def test_plan_refuses_two_runs_of_one_config_and_hash_sees_base_contents(tmp_pat
     preset["tuning"]["pointpillar"] = None
     preset["tuning"]["pointdistiller"]["pointpillar"] = [{"label": "a", "overrides": {"TAU": 1.0}},
                                                         {"label": "b", "overrides": {"TAU": 1.0}}]
+    preset["decisions"].pop("pointdistiller")   # its rule names the replaced sweep's labels
     with pytest.raises(BenchmarkError, match="runs .*_a and .*_b train the same config"):
         Benchmark("cpu", preset, tmp_path / "w", tmp_path / "d", mode="tune", families=["pointpillar"],
                   zoo_manifest=_manifest(tmp_path))

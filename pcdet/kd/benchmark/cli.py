@@ -157,7 +157,20 @@ def main(argv=None):
         if mode == "tune":
             # the sweep shows each CPU kind's runs apart (never paired across kinds)
             records = collect_all_cpu_kinds(full, splits[0], for_kind)
-            text = tuning_markdown(full, records)
+            finals = {}
+
+            def frozen_hash(kind):
+                def get(method, family, width, seed):
+                    if kind not in finals:   # the final (val) plan of that CPU kind: its configs are the frozen ones
+                        finals[kind] = Benchmark(args.preset, preset, work_dir, data_dir, mode="final",
+                                                 zoo_manifest=manifest, results_dir=results_dir, device=device,
+                                                 native_bf16=kind)
+                    b = finals[kind]
+                    return b.cfg_hash(next(r for r in b.runs if r.family == family and r.method == method
+                                           and r.width == width and r.seed == seed))
+                return get
+
+            text = tuning_markdown(full, records, frozen_hash)
             (docs / f"results_{args.preset}_tuning.md").write_text(text)
             (docs / f"results_{args.preset}_tuning.json").write_text(json.dumps(
                 {"split": "tune", "runs": records}, indent=1, default=str) + "\n")

@@ -149,6 +149,16 @@ class Benchmark:
                                          f"recipe (OPTIMIZATION / epochs); a recipe is frozen for every method of a "
                                          f"family (student_epochs, optimization_overrides), so that the paired "
                                          f"student alone shares it")
+        for method, per_family in preset.get("decisions", {}).items():
+            for family, rule in per_family.items():
+                labels = [st["label"] for st in preset.get("tuning", {}).get(method, {}).get(family, [])]
+                named = list(rule["candidates"]) + [lab for m, lab in rule.get("also_beat", []) if m == method]
+                if rule.get("keep") is not None:
+                    named.append(rule["keep"])
+                unknown = sorted({lab for lab in named if lab not in labels})
+                if unknown:
+                    raise BenchmarkError(f"preset {preset_name}: decisions[{method}][{family}] names settings "
+                                         f"{unknown} that tuning[{method}][{family}] does not have ({labels})")
         self.seeds = [s for s in preset["seeds"] if seeds is None or s in seeds]
         self.runs = self._plan()
         if seeds is not None and mode == "tune":

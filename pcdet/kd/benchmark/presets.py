@@ -20,6 +20,11 @@ A preset is a plain dict; ``plan.Benchmark`` turns it into runs. Keys:
   ``--tune`` (seed ``seeds[0]``), merged over ``kd_overrides``; each setting names every value it sweeps, so it
   means the same once a choice is frozen (a plan in which two runs train the same config is refused).
   ``curve_every``: epochs between the evaluated checkpoints of the student-alone learning curve.
+- ``decisions`` (optional): method -> family -> the rule that chooses among tuning settings, written down with
+  the sweep before its runs: ``candidates`` (labels), ``seeds`` (whose mean tune mAP ranks them; default the
+  first seed), ``keep`` (the label that stays unless the best beats it by ``margin`` mAP; None: the highest
+  wins), ``also_beat`` ([[method, label], ...] the winner must also beat by ``margin``), ``note``. The tuning
+  report applies each rule to the results present (``report.decide``) and says which setting the val config is.
 """
 
 MODEL_CFGS = {
@@ -120,6 +125,9 @@ PRESETS = {
                       # rule of the TAU sweep below (tune, seed 0, 18 epochs: tau4_e18 36.91, tau16_e18 36.35,
                       # tau1_e18 34.10, init alone 34.08); the TAU 1 val runs (seeds 0-2) stay under their hash
                       "pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, TAU=4.0, KD={"INIT_FROM_TEACHER": True})},
+                      # logit KD's weight, frozen by its registered rule (tune, seed 0, 18 epochs, 2026-12-07): weight
+                      # 100 31.52 > 10 31.45 > 1 29.96 (the student alone 32.52); docs/results_cpu_tuning.md
+                      "logit_kd": {"pointpillar": {"LOSS_WEIGHT": 100.0}},
                       # itKD on the CenterPoint-pillar 1/4 student, frozen from its sweep (2026-12-03, tune split,
                       # seed 0: ae5_det1 20.49 > ae5 18.62 > default 17.72; the student alone 23.34)
                       "itkd": {"centerpoint_pillar": {"AE": {"WEIGHT": 5.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}},
@@ -162,7 +170,8 @@ PRESETS = {
             # FitNet's weight at the 18-epoch recipe (registered 2026-12-07 before any of its runs, for the same
             # reason as logit KD's below): at LOSS_WEIGHT 1 (MSE over every entry of the BEV map through the 1x1
             # adapter) its gradient was 0.25-0.42 % of the detection loss's at step 950 of the val runs (seeds 0-1).
-            # Same settings and decision rule as logit KD's.
+            # Same settings and decision rule as logit KD's. Decided 2026-12-07 (tune, seed 0): w10_e18 33.94, e18
+            # 33.68, w100_e18 28.06: the best leads weight 1 by 0.26 < 1.0, so weight 1 stays.
             "fitnet": {"pointpillar": [{"label": "default", "overrides": {}, "epochs": 12},
                                        {"label": "e18", "overrides": {}},
                                        {"label": "w10_e18", "overrides": {"LOSS_WEIGHT": 10.0}},
@@ -173,8 +182,11 @@ PRESETS = {
             # barely acts. Weights 10 and 100 span about 5 % to 45 %. Seed 0 on tune, each against the default
             # weight at 18 epochs ('e18'). Decision rule, fixed with the sweep: the weight with the highest tune
             # mAP is frozen for val if it beats 'e18' by at least 1.0 mAP; otherwise weight 1 stays.
-            "logit_kd": {"pointpillar": [{"label": "default", "overrides": {}, "epochs": 12},
-                                         {"label": "e18", "overrides": {}},
+            # Decided 2026-12-07 by that rule (tune, seed 0): w100_e18 31.52, w10_e18 31.45, e18 29.96, so weight 100
+            # is frozen (kd_overrides); 'default' and 'e18' now state weight 1 (same hashes; the weight-1 val runs
+            # stay under their hash)
+            "logit_kd": {"pointpillar": [{"label": "default", "overrides": {"LOSS_WEIGHT": 1.0}, "epochs": 12},
+                                         {"label": "e18", "overrides": {"LOSS_WEIGHT": 1.0}},
                                          {"label": "w10_e18", "overrides": {"LOSS_WEIGHT": 10.0}},
                                          {"label": "w100_e18", "overrides": {"LOSS_WEIGHT": 100.0}}]},
             # PointDistiller's TAU on top of teacher-guided init at the 18-epoch recipe (registered 2026-12-07 before
@@ -200,6 +212,19 @@ PRESETS = {
                                                             "ATTN": {"ENABLED": False}}},
                 {"label": "attn_only_det1", "overrides": {"AE": {"WEIGHT": 0.0}, "KD": {"DET_LOSS_WEIGHT": 1.0}}},
             ]},
+        },
+        # the rules that choose among the settings above (each written down with its sweep, before its runs, as
+        # the comments above record; the report applies them: docs/results_cpu_tuning.md)
+        decisions={
+            "none": {"pointpillar": dict(candidates=["e12", ""], seeds=[0, 1, 2], keep="e12", margin=0.5,
+                                         note="the recipe sweep ('e12' was the preset's recipe then)")},
+            "pointdistiller": {"pointpillar": dict(candidates=["tau0.01", "tau1", "tau1_w8", "tau1_trainable"],
+                                                   keep=None, margin=0.0)},
+            "logit_kd": {"pointpillar": dict(candidates=["e18", "w10_e18", "w100_e18"], keep="e18", margin=1.0)},
+            "fitnet": {"pointpillar": dict(candidates=["e18", "w10_e18", "w100_e18"], keep="e18", margin=1.0)},
+            "pd_inherit": {"pointpillar": dict(candidates=["tau1_e18", "tau4_e18", "tau16_e18"], keep="tau1_e18",
+                                               margin=1.0, also_beat=[["inherit", "e18"]])},
+            "itkd": {"centerpoint_pillar": dict(candidates=["default", "ae5", "ae5_det1"], keep=None, margin=0.0)},
         },
     ),
     # Quick CPU benchmark (< 1 h on 2 cores) that trains its own teachers; kept for comparison with older runs.

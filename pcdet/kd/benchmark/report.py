@@ -348,13 +348,107 @@ def tuning_rows(records, family):
                          map3d=t_interval(list(maps.values())),
                          mapbev=statistics.fmean(r["mapbev_mod"] for r in recs), diffs=sorted(diffs),
                          diff=t_interval([d for _, d in diffs]) if diffs else None,
-                         curve=next((r["curve"] for r in recs if r.get("curve")), None)))
+                         curve=next((r["curve"] for r in recs if r.get("curve")), None),
+                         hashes={r["seed"]: r.get("cfg_hash") for r in recs}))
     return rows
 
 
-def tuning_markdown(bench, records):
+def decide(rule, rows, width):
+    """Apply a tuning decision rule (``preset['decisions'][method][family]``) to the ``tuning_rows`` of one
+    family, CPU kind and student ``width``. Each candidate is ranked by its mean tune mAP over the rule's seeds.
+    Returns {"means": {label: mean or None}, "missing": [labels without a run of every rule seed], "chosen": the
+    label, or None while a candidate (or an ``also_beat`` row) is missing, "margins": {(method, label): best mean
+    - that row's mean}, "best"}: the best candidate is chosen when it beats ``keep`` (and each ``also_beat``) by at
+    least ``margin``, else ``keep``; with ``keep`` None the best is chosen."""
+    seeds = rule.get("seeds", [0])
+
+    def mean_of(method, label):
+        row = next((r for r in rows if r["method"] == method and r["label"] == label and r["width"] == width), None)
+        if row is None or any(s not in row["per_seed"] for s in seeds):
+            return None
+        return statistics.fmean(row["per_seed"][s] for s in seeds)
+
+    method = rule["method"]
+    means = {label: mean_of(method, label) for label in rule["candidates"]}
+    missing = [label for label, m in means.items() if m is None]
+    others = {(m, label): mean_of(m, label) for m, label in rule.get("also_beat", [])}
+    missing += [f"{m}/{label}" for (m, label), v in others.items() if v is None]
+    out = dict(means=means, missing=missing, chosen=None, margins={}, best=None)
+    if missing:
+        return out
+    best = max(rule["candidates"], key=lambda label: (means[label], label == rule.get("keep")))
+    keep = rule.get("keep")
+    margin = float(rule.get("margin", 0.0))
+    refs = ({(method, keep): means[keep]} if keep is not None else {}) | others
+    out["best"] = best
+    out["margins"] = {k: means[best] - v for k, v in refs.items()}
+    wins = best != keep and all(d >= margin for d in out["margins"].values())
+    out["chosen"] = best if keep is None or wins else keep
+    return out
+
+
+def _lab(label):
+    """A tuning label as the decision lines print it ('' is the preset's own setting)."""
+    return label if label else "''"
+
+
+def decision_lines(bench, rows, family, frozen_hash=None):
+    """Markdown lines applying each of the preset's decision rules for ``family`` to ``rows`` (one CPU kind):
+    the candidates' means, the margins and the choice, or what is still missing; with ``frozen_hash(method,
+    family, width, seed)`` (the hash of the final config's run), which candidate the val config is."""
+    lines = []
+    for method, per_family in bench.preset.get("decisions", {}).items():
+        rule = per_family.get(family)
+        if rule is None:
+            continue
+        rule = dict(rule, method=method)
+        widths = sorted({r["width"] for r in rows if r["method"] == method and r["label"] in rule["candidates"]},
+                        reverse=True)
+        for width in widths:
+            d = decide(rule, rows, width)
+            if all(m is None for m in d["means"].values()):
+                continue    # no candidate has run on the rule's seeds in this CPU kind
+            seeds = rule.get("seeds", [0])
+            means = ", ".join(f"{_lab(label)} " + (f"{m:.2f}" if m is not None else "not run")
+                              for label, m in d["means"].items())
+            keep = rule.get("keep")
+            margin = float(rule.get("margin", 0.0))
+            how = ("the highest wins" if keep is None else
+                   f"the highest replaces {_lab(keep)} if it beats it" +
+                   (" and " + ", ".join(f"{METHOD_LABELS[m]} {_lab(lab)}" for m, lab in rule.get("also_beat", []))
+                    if rule.get("also_beat") else "") + f" by at least {margin:.1f} mAP")
+            text = (f"- {METHOD_LABELS[method]} (width {width}), mean over seeds {seeds}: {means}. Rule: {how}"
+                    + (f" ({rule['note']})" if rule.get("note") else "") + ". ")
+            if d["chosen"] is None:
+                text += f"Pending: {', '.join(_lab(x) for x in d['missing'])} not run on these seeds."
+            else:
+                diffs = ", ".join(f"{_lab(d['best'])} - {METHOD_LABELS[m] + ' ' if m != method else ''}"
+                                  f"{_lab(lab)} {v:+.2f}" for (m, lab), v in d["margins"].items())
+                text += f"Chosen: **{_lab(d['chosen'])}**" + (f" ({diffs})" if diffs else "") + "."
+            if frozen_hash is not None:
+                row = {r["label"]: r for r in rows if r["method"] == method and r["width"] == width}
+                seed = seeds[0]
+                try:
+                    want = frozen_hash(method, family, width, seed)
+                except StopIteration:
+                    want = None
+                same = [label for label in rule["candidates"]
+                        if label in row and row[label]["hashes"].get(seed) == want]
+                if same:
+                    text += f" The val config is {_lab(same[0])}'s" + (
+                        "." if d["chosen"] is None or same[0] == d["chosen"] else
+                        f": it is not the rule's choice, the preset must be updated.")
+                elif want is not None:
+                    text += " The val config is none of these candidates' (of those run on this CPU kind)."
+            lines.append(text)
+    return lines
+
+
+def tuning_markdown(bench, records, frozen_hash=None):
     """The sweep on the tuning split, per family and CPU kind: each setting's seeds, per-seed and mean mAP, and its
-    paired difference from its baseline (``tuning_rows``) with a 95% t-interval where it has several seeds."""
+    paired difference from its baseline (``tuning_rows``) with a 95% t-interval where it has several seeds; then
+    the preset's decision rules applied to them (``decision_lines``; ``frozen_hash(native_bf16)`` gives, per CPU
+    kind, the ``frozen_hash`` callable that says which candidate the val config is)."""
     lines = [f"# KD benchmark, preset `{bench.preset_name}`: tuning sweep (tune split)", "",
              f"Each setting is trained on train and evaluated on the tuning split, on the seeds its row lists; the "
              f"settings frozen into the preset "
@@ -391,6 +485,10 @@ def tuning_markdown(bench, records):
                 lines.append(f"| {row['width']} | {METHOD_LABELS[row['method']]} | {row['label'] or '-'} | "
                              f"`{json.dumps(ov) if ov else '-'}` | {row['epochs']} | {len(row['per_seed'])} | {per} | "
                              f"{_ci(*row['map3d'])} | {row['mapbev']:.2f} | {diff} | {dper} |")
+            decided = decision_lines(bench, rows, family, frozen_hash(kind) if frozen_hash is not None else None)
+            if decided:
+                lines += ["", "Decisions (the preset's rules, each written down with its sweep before its runs):", ""]
+                lines += decided
             for row in rows:
                 if row["method"] == "none" and row["curve"]:
                     name = "the preset's recipe" if not row["label"] else f"recipe {row['label']}"
