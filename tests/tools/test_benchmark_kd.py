@@ -585,9 +585,9 @@ def test_decision_lines_say_the_choice_and_whether_the_val_config_is_it(tmp_path
     rows = _rows({"e18": {0: 30.0}, "w10_e18": {0: 30.2}, "w100_e18": {0: 31.5}})
     lines = rep.decision_lines(bench, rows, "pointpillar", lambda m, f, w, s: "he18")
     assert len(lines) == 1 and "Chosen: **w100_e18** (w100_e18 - e18 +1.50)" in lines[0]
-    assert "The val config is e18's: it is not the rule's choice, the preset must be updated." in lines[0]
+    assert "The val config is that of e18: it is not the rule's choice, the preset must be updated." in lines[0]
     lines = rep.decision_lines(bench, rows, "pointpillar", lambda m, f, w, s: "hw100_e18")
-    assert lines[0].endswith("The val config is w100_e18's.")
+    assert lines[0].endswith("The val config is that of w100_e18.")
     lines = rep.decision_lines(bench, rows[:2], "pointpillar")
     assert "Pending: w100_e18 not run on these seeds." in lines[0] and "val config" not in lines[0]
     # a rule naming a setting the sweep does not have is refused with its names

@@ -435,11 +435,11 @@ def decision_lines(bench, rows, family, frozen_hash=None):
                 same = [label for label in rule["candidates"]
                         if label in row and row[label]["hashes"].get(seed) == want]
                 if same:
-                    text += f" The val config is {_lab(same[0])}'s" + (
+                    text += f" The val config is that of {_lab(same[0])}" + (
                         "." if d["chosen"] is None or same[0] == d["chosen"] else
                         f": it is not the rule's choice, the preset must be updated.")
                 elif want is not None:
-                    text += " The val config is none of these candidates' (of those run on this CPU kind)."
+                    text += " The val config is that of none of these candidates (of those run on this CPU kind)."
             lines.append(text)
     return lines
 
