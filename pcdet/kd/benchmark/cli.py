@@ -166,8 +166,9 @@ def main(argv=None):
                                                  zoo_manifest=manifest, results_dir=results_dir, device=device,
                                                  native_bf16=kind)
                     b = finals[kind]
-                    return b.cfg_hash(next(r for r in b.runs if r.family == family and r.method == method
-                                           and r.width == width and r.seed == seed))
+                    run = next((r for r in b.runs if r.family == family and r.method == method
+                                and r.width == width and r.seed == seed), None)
+                    return b.cfg_hash(run) if run is not None else None
                 return get
 
             text = tuning_markdown(full, records, frozen_hash)

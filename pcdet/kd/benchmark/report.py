@@ -395,20 +395,22 @@ def _lab(label):
 def decision_lines(bench, rows, family, frozen_hash=None):
     """Markdown lines applying each of the preset's decision rules for ``family`` to ``rows`` (one CPU kind):
     the candidates' means, the margins and the choice, or what is still missing; with ``frozen_hash(method,
-    family, width, seed)`` (the hash of the final config's run), which candidate the val config is."""
+    family, width, seed)`` (the hash of the final config's run; None when the final plan has no such run), which
+    candidate the val config is."""
     lines = []
     for method, per_family in bench.preset.get("decisions", {}).items():
         rule = per_family.get(family)
         if rule is None:
             continue
-        rule = dict(rule, method=method)
+        # a rule without seeds ranks on the preset's first seed
+        rule = dict(rule, method=method, seeds=rule.get("seeds", bench.preset["seeds"][:1]))
         widths = sorted({r["width"] for r in rows if r["method"] == method and r["label"] in rule["candidates"]},
                         reverse=True)
         for width in widths:
             d = decide(rule, rows, width)
             if all(m is None for m in d["means"].values()):
                 continue    # no candidate has run on the rule's seeds in this CPU kind
-            seeds = rule.get("seeds", [0])
+            seeds = rule["seeds"]
             means = ", ".join(f"{_lab(label)} " + (f"{m:.2f}" if m is not None else "not run")
                               for label, m in d["means"].items())
             keep = rule.get("keep")
@@ -428,16 +430,13 @@ def decision_lines(bench, rows, family, frozen_hash=None):
             if frozen_hash is not None:
                 row = {r["label"]: r for r in rows if r["method"] == method and r["width"] == width}
                 seed = seeds[0]
-                try:
-                    want = frozen_hash(method, family, width, seed)
-                except StopIteration:
-                    want = None
+                want = frozen_hash(method, family, width, seed)
                 same = [label for label in rule["candidates"]
                         if label in row and row[label]["hashes"].get(seed) == want]
                 if same:
                     text += f" The val config is that of {_lab(same[0])}" + (
                         "." if d["chosen"] is None or same[0] == d["chosen"] else
-                        f": it is not the rule's choice, the preset must be updated.")
+                        ": it is not the rule's choice, the preset must be updated.")
                 elif want is not None:
                     text += " The val config is that of none of these candidates (of those run on this CPU kind)."
             lines.append(text)
