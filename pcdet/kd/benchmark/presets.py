@@ -91,7 +91,9 @@ PRESETS = {
     # One family at a time (--family) fits the 2-core budget; the table merges whatever has run.
     "cpu": dict(
         # seeds 3 and 4 were added on 2026-12-03 after the 3-seed val table (whose intervals touched 0); they run
-        # the student alone and the teacher-initialised methods (the 3-seed figures are kept in docs/KD.md)
+        # the student alone and the teacher-initialised methods (the 3-seed figures are kept in docs/KD.md); on
+        # 2026-12-08 PointPillars' logit KD (weight 100) and FitNet got seeds 3-4 too, decided before those runs, to
+        # pair PointDistiller + init with the baselines over 5 seeds (their 3-seed figures: docs/KD.md)
         data=CPU_DATA, seeds=[0, 1, 2, 3, 4], jobs=2, results_in_repo=True,
         families={
             "pointpillar": dict(teacher="zoo:pointpillar_w0.5", teacher_width=0.5, student_rel_widths=[0.5],
@@ -108,7 +110,10 @@ PRESETS = {
                                        # teacher-guided init (issue 18): added 2026-12-03 before any of its runs
                                        # itKD + init: added 2026-12-04 before any of its runs, with the frozen itKD
                                        # setting unchanged (no new choice, so no tune run)
-                                       methods=["none", "logit_kd", "fitnet", "itkd", "inherit", "itkd_inherit"]),
+                                       # pivotal logit KD and label KD (issue 18): added 2026-12-08 before any of
+                                       # their runs, screened on tune (seed 0, shipped defaults) first
+                                       methods=["none", "logit_kd", "fitnet", "itkd", "inherit", "itkd_inherit",
+                                                "pivotal_kd", "label_kd"]),
         },
         # PointPillars: 18 epochs since 2026-12-07, frozen from the recipe sweep on the tune split (below); the
         # 12-epoch val table of 2026-12-02..04 is kept in docs/KD.md, its result files stay under their hashes
