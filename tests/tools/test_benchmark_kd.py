@@ -97,6 +97,21 @@ def test_cpu_centerpoint_pillar_inherit_run_narrows_only_the_neck_and_inherits(t
     assert cfg.KD.TEACHER.CKPT == str(tmp_path / "zoo" / "centerpoint_pillar_w0.5.pth")
 
 
+def test_main_job_distils_with_the_cpu_benchmarks_frozen_pointdistiller_plus_init(tmp_path):
+    # the README main job trains the student alone and the cpu benchmark's best PointPillars method: its distilled
+    # run is PointDistiller + teacher-guided init with the KD block frozen there, on the short schedule
+    main = _bench(tmp_path, "main")
+    cpu = _bench(tmp_path, "cpu", families=["pointpillar"])
+    assert sorted(r.method for r in main.runs) == ["none", "pd_inherit", "teacher"]
+    run = next(r for r in main.runs if r.method == "pd_inherit")
+    ref = next(r for r in cpu.runs if r.method == "pd_inherit" and r.seed == run.seed)
+    kd, kd_ref = (cfg_from_yaml_file(b.write_cfg(r)).KD for b, r in ((main, run), (cpu, ref)))
+    assert kd.INIT_FROM_TEACHER is True and kd.HEADS[0].NAME == "PointDistiller" and kd.HEADS[0].TAU == 4.0
+    assert kd == kd_ref
+    cfg = cfg_from_yaml_file(main.write_cfg(run))
+    assert cfg.OPTIMIZATION.NUM_EPOCHS == 3 and cfg.MODEL.WIDTH == 0.25
+
+
 def test_tune_mode_runs_each_setting_once_and_family_filter(tmp_path):
     bench = _bench(tmp_path, "cpu", mode="tune", families=["pointpillar"])
     p = PRESETS["cpu"]
