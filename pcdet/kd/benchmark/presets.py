@@ -72,6 +72,9 @@ CPU_DATA = dict(num_frames=1500, seed=0, val_fraction=0.33334, tune_fraction=0.1
 
 # PointDistiller on the PointPillars 4x student of the `cpu` preset, as frozen from its sweep (below)
 _PD_PP_FROZEN = {"NUM_KEEP": 2048, "K": 32, "GRAPH_CHANNELS": 16, "TAU": 1.0, "LOSS_WEIGHT": 2.0}
+# PointDistiller + teacher-guided init on PointPillars as frozen by the cpu preset's TAU sweep (below); the main job
+# distils with the same block
+_PD_INHERIT_PP_FROZEN = dict(_PD_PP_FROZEN, TAU=4.0, KD={"INIT_FROM_TEACHER": True})
 
 PRESETS = {
     # The README main job: the shipped PointPillars teacher, its 4x student alone and distilled, one
@@ -86,7 +89,7 @@ PRESETS = {
         # 3 epochs of 110 iterations (of 200): the job fits 15 minutes with set-up on a 2-core AVX2 CPU in float32
         student_epochs=3, batch_size=4, max_iters_per_epoch=110,
         data_overrides=_CPU_DATA, optimization_overrides=_CPU_OPT, teacher_overrides={"CHANNELS_LAST": True},
-        kd_overrides={"pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, TAU=4.0, KD={"INIT_FROM_TEACHER": True})}},
+        kd_overrides={"pd_inherit": {"pointpillar": _PD_INHERIT_PP_FROZEN}},
         note="A demonstration of the whole path (shipped teacher, one seed, 3-epoch students of 110 iterations "
              "each), not the benchmark: see docs/results_cpu.md. Most of the distilled student's lead at this "
              "length comes from its teacher-guided initialisation, not from the PointDistiller loss (the "
@@ -134,7 +137,7 @@ PRESETS = {
                       # 31.83 against 28.74 alone; both go to val. TAU 4 since 2026-12-07, frozen by the registered
                       # rule of the TAU sweep below (tune, seed 0, 18 epochs: tau4_e18 36.91, tau16_e18 36.35,
                       # tau1_e18 34.10, init alone 34.08); the TAU 1 val runs (seeds 0-2) stay under their hash
-                      "pd_inherit": {"pointpillar": dict(_PD_PP_FROZEN, TAU=4.0, KD={"INIT_FROM_TEACHER": True})},
+                      "pd_inherit": {"pointpillar": _PD_INHERIT_PP_FROZEN},
                       # logit KD's weight, frozen by its registered rule (tune, seed 0, 18 epochs, 2026-12-07): weight
                       # 100 31.52 > 10 31.45 > 1 29.96 (the student alone 32.52); docs/results_cpu_tuning.md
                       "logit_kd": {"pointpillar": {"LOSS_WEIGHT": 100.0}},
